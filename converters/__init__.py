@@ -1,0 +1,1 @@
+"""Framework front-ends (installed as `onnxscope.converters`): turn framework models into ONNX."""

@@ -1,0 +1,265 @@
+"""Loading an ONNX model and the static facts the rewriter needs about it.
+
+For one choice of input shapes, `AnalyzedModel` knows the shape and dtype of every tensor and the
+value of every *static* tensor (initializers, Constant nodes and anything computed only from them
+and from shapes). Both come from one ONNX Runtime run of the original graph with every
+intermediate tensor exposed, so they are exactly what the runtime computes, even where ONNX shape
+inference gives up. Tensors that depend on the data of a graph input are *runtime* tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import InputError, ModelError
+
+SUPPORTED_OPSETS = range(11, 23)
+CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
+# Ops whose output depends on the *shape* of their input only.
+SHAPE_ONLY_OPS = {"Shape", "Size"}
+# Ops without inputs that still produce a different value each run.
+RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Read a model (file path or ModelProto) and validate it; never writes to the source."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ModelError(f"Model file '{path}' does not exist or is not a file.")
+        try:
+            model = onnx.load(path)  # external data is read from the model's folder
+        except Exception as exc:  # protobuf raises several types for corrupt files
+            raise ModelError(
+                f"'{path}' could not be read as an ONNX model ({type(exc).__name__}: {exc}). "
+                "Is it a complete .onnx file (and its external data next to it)?"
+            ) from None
+    if not model.graph.node:
+        raise ModelError("The model has no nodes; is it an ONNX model file?")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelError(f"The model is not valid ONNX: {exc}".strip()) from None
+    opset = default_opset(model)
+    if opset not in SUPPORTED_OPSETS:
+        raise ModelError(
+            f"The model uses ONNX opset {opset}; onnxscope supports opsets "
+            f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}. Convert it first, e.g. with "
+            "onnx.version_converter.convert_version(model, 17)."
+        )
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelError("The model imports no version of the default ONNX operator set.")
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs (old exporters also list initializers as inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def input_spec(vi: onnx.ValueInfoProto) -> tuple[list[int | str | None], np.dtype]:
+    t = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return dims, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+
+
+def resolve_input_shapes(
+    model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for every graph input: given ones, else static dims (a free batch dim is 1)."""
+    shapes = {}
+    names = [vi.name for vi in graph_inputs(model)]
+    unknown = set(given) - set(names)
+    if unknown:
+        raise InputError(f"Unknown input name(s) {sorted(unknown)}; the model's inputs are {names}.")
+    for vi in graph_inputs(model):
+        dims, _ = input_spec(vi)
+        if vi.name in given:
+            shape = tuple(int(d) for d in given[vi.name])
+            fixed = [(i, d) for i, d in enumerate(dims) if isinstance(d, int) and d > 0]
+            if len(shape) != len(dims) or any(shape[i] != d for i, d in fixed):
+                raise InputError(
+                    f"Input '{vi.name}' has shape {shape}, but the model expects "
+                    f"{format_dims(dims)}."
+                )
+            shapes[vi.name] = shape
+            continue
+        free = [i for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
+        if free and free != [0]:
+            raise InputError(
+                f"Input '{vi.name}' has free dimensions {format_dims(dims)}; give its shape, "
+                f"e.g. --input-shape {vi.name}=1x3x224x224."
+            )
+        shapes[vi.name] = tuple(1 if i == 0 and i in free else int(d) for i, d in enumerate(dims))
+    return shapes
+
+
+def format_dims(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+class AnalyzedModel:
+    """A model plus, for fixed input shapes, every tensor's shape/dtype and every static value."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]):
+        self.model = model
+        self.graph = model.graph
+        self.opset = default_opset(model)
+        self.input_shapes = dict(input_shapes)
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.inputs = [vi.name for vi in graph_inputs(model)]
+        self.outputs = [o.name for o in self.graph.output]
+        self.nodes = list(self.graph.node)
+        self.producer = {o: n for n in self.nodes for o in n.output if o}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            for i in n.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+        self._check_order()
+        self.runtime = self._runtime_tensors()
+        self.info, self._values = self._run_once()
+
+    # -- facts -------------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._info(name).dtype
+
+    def _info(self, name: str) -> TensorInfo:
+        try:
+            return self.info[name]
+        except KeyError:
+            raise ModelError(f"The shape of tensor '{name}' could not be determined.") from None
+
+    def is_static(self, name: str) -> bool:
+        return bool(name) and name not in self.runtime
+
+    def static_value(self, name: str) -> np.ndarray:
+        """The value of a static tensor (weights, constants, shape computations)."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        if name in self._values:
+            return self._values[name]
+        raise ModelError(f"Tensor '{name}' depends on the input data, but a constant is needed.")
+
+    # -- analysis ----------------------------------------------------------------------------
+    def _check_order(self) -> None:
+        known = set(self.inputs) | set(self.initializers) | {""}
+        for n in self.nodes:
+            missing = [i for i in n.input if i not in known]
+            if missing:
+                raise ModelError(
+                    f"Node '{n.name}' ({n.op_type}) reads {missing} before they are produced; "
+                    "the graph is not in topological order."
+                )
+            known.update(n.output)
+
+    def _runtime_tensors(self) -> set[str]:
+        runtime = set(self.inputs)
+        for n in self.nodes:
+            if n.op_type in SHAPE_ONLY_OPS:
+                continue
+            if n.op_type in RANDOM_OPS or any(i in runtime for i in n.input) or (
+                n.op_type in CONTROL_FLOW_OPS and _subgraph_reads(n, runtime)
+            ):
+                runtime.update(o for o in n.output if o)
+        return runtime
+
+    def _run_once(self) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
+        """Run the graph once on dummy data with every tensor exposed: shapes, dtypes, constants."""
+        from .runtime import ort, session_options
+
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(self.model)
+        for vi in fixed.graph.input:
+            if vi.name in self.input_shapes:
+                dims = vi.type.tensor_type.shape.dim
+                for d, n in zip(dims, self.input_shapes[vi.name]):
+                    d.Clear()
+                    d.dim_value = n
+        try:
+            inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+        except Exception:
+            inferred = fixed
+        types = {
+            vi.name: vi.type.tensor_type.elem_type
+            for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+        }
+        listed = {o.name for o in fixed.graph.output}
+        for n in self.nodes:
+            for o in n.output:
+                if o and o not in listed and o in types:
+                    fixed.graph.output.append(helper.make_tensor_value_info(o, types[o], None))
+                    listed.add(o)
+        feeds = {}
+        rng = np.random.default_rng(0)
+        for vi in graph_inputs(fixed):
+            _, dtype = input_spec(vi)
+            shape = self.input_shapes[vi.name]
+            if np.issubdtype(dtype, np.floating):
+                feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feeds[vi.name] = np.zeros(shape, dtype)
+        opts = session_options(optimize=False)
+        try:
+            sess = ort.InferenceSession(
+                fixed.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+            names = [o.name for o in sess.get_outputs()]
+            values = sess.run(names, feeds)
+        except Exception as exc:
+            raise ModelError(
+                f"ONNX Runtime cannot run this model with input shapes {self.input_shapes}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+        info, static = {}, {}
+        for name, value in zip(names, values):
+            value = np.asarray(value)
+            info[name] = TensorInfo(tuple(value.shape), value.dtype)
+            if name not in self.runtime:
+                static[name] = value
+        for name, t in self.initializers.items():
+            info[name] = TensorInfo(tuple(t.dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)))
+        for name in self.inputs:
+            info[name] = TensorInfo(tuple(self.input_shapes[name]), feeds[name].dtype)
+        return info, static
+
+
+def _subgraph_reads(node: onnx.NodeProto, names: set[str]) -> bool:
+    """Whether a control-flow node's subgraphs read any of `names` from the outer scope."""
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for n in g.node:
+                if any(i in names for i in n.input) or (
+                    n.op_type in CONTROL_FLOW_OPS and _subgraph_reads(n, names)
+                ):
+                    return True
+    return False

@@ -1,0 +1,472 @@
+"""The driver: walks the graph once and builds the mask, linear and bias graphs from the rules.
+
+Layout convention. Every tensor t of static shape s in the original graph has, in the linear
+graph, a twin of shape [K, *s]: one slice per probe. Frozen decisions (masks) and frozen values
+have the original shape s and broadcast over the probe axis.
+
+Which tensors have a linear part: the interpreted input does, and a node's outputs do when its
+rule carries one of its inputs' linear parts (`Plan.carried`). Every other tensor is a *value*: a
+constant (weights, shape computations) embedded in the linear graph, or a runtime value
+(frozen operand, other model input) exported by the mask graph and fed back in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from . import rules  # noqa: F401  (registers every rule)
+from .builder import GraphBuilder
+from .errors import InputError, Unsupported, UnsupportedModelError
+from .model import CONTROL_FLOW_OPS, AnalyzedModel
+from .registry import Plan, rule_for
+
+PROBE = "probe"
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+@dataclass
+class UnitRecord:
+    """One frozen unit or gate, for `inspect` and the manifest."""
+
+    node: str
+    op: str
+    kind: str
+    frozen: str
+    masks: dict[str, str] = field(default_factory=dict)  # label -> mask graph output
+
+
+class Analysis:
+    """Which tensors carry the probe's linear part, each node's plan, and what is unsupported."""
+
+    def __init__(self, model: AnalyzedModel, wrt: str):
+        self.model = model
+        self.wrt = wrt
+        dtype = model.dtype(wrt)
+        if not np.issubdtype(dtype, np.floating):
+            raise InputError(f"Input '{wrt}' has dtype {dtype}; only float inputs can be probed.")
+        self.plans: dict[int, Plan] = {}
+        problems: dict[int, tuple[str, str, str]] = {}
+        lin = {wrt}
+        for idx, node in enumerate(model.nodes):
+            flags = [i in lin for i in node.input]
+            if not any(flags):
+                continue
+            rule = rule_for(node)
+            try:
+                if node.op_type in CONTROL_FLOW_OPS:
+                    raise Unsupported("control flow on the input's path is not supported")
+                if rule is None:
+                    raise Unsupported("no linearization rule for this op")
+                plan = rule.plan(node, flags, model)
+            except Unsupported as exc:
+                problems[idx] = (node_label(node, idx), node.op_type, str(exc))
+                plan = Plan(tuple(i for i, f in enumerate(flags) if f), tuple(range(len(node.output))))
+            self.plans[idx] = plan
+            lin.update(node.output[j] for j in plan.lin_outputs)
+        self.lin = lin
+        # A node is needed when one of its linear outputs reaches a model output.
+        need = {o for o in model.outputs if o in lin}
+        self.needed: list[int] = []
+        for idx in reversed(range(len(model.nodes))):
+            plan, node = self.plans.get(idx), model.nodes[idx]
+            if plan and any(node.output[j] in need for j in plan.lin_outputs):
+                self.needed.append(idx)
+                need.update(node.input[i] for i in plan.carried)
+        self.needed.reverse()
+        self.problems = [problems[i] for i in self.needed if i in problems]
+
+    def check(self) -> None:
+        if self.problems:
+            raise UnsupportedModelError(self.problems)
+
+    def units(self) -> list[UnitRecord]:
+        out = []
+        for idx in self.needed:
+            node, plan = self.model.nodes[idx], self.plans[idx]
+            rule = rule_for(node)
+            if plan.frozen and rule is not None:
+                out.append(UnitRecord(node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen))
+        return out
+
+
+class MaskContext:
+    """What a rule sees while adding its decisions to the mask graph."""
+
+    def __init__(self, model: AnalyzedModel, b: GraphBuilder):
+        self.model, self.b = model, b
+        self.replaced: dict[int, onnx.NodeProto] = {}
+        self.node: onnx.NodeProto
+        self.index: int
+        self.record: UnitRecord
+
+    def add(self, label: str, tensor: str) -> None:
+        self.record.masks[label] = tensor
+
+    def edit_node(self) -> onnx.NodeProto:
+        """A copy of the current node that replaces it in the mask graph (e.g. to add an output)."""
+        if self.index not in self.replaced:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(self.node)
+            self.replaced[self.index] = copy
+        return self.replaced[self.index]
+
+    def shape(self, name: str):
+        return self.model.shape(name)
+
+    def dtype(self, name: str):
+        return self.model.dtype(name)
+
+    def value(self, name: str) -> str:
+        return name  # in the mask graph every original tensor is available as it is
+
+
+class LinearContext:
+    """What a rule sees while emitting its linear (or affine) twin.
+
+    `c.lin(i)` is the twin of input i ([K, *s]); `c.value(i)` is input i as a frozen value (shape s).
+    """
+
+    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probe: str, affine: bool):
+        self.rw, self.model, self.b, self.affine = rewrite, rewrite.model, b, affine
+        self.env: dict[str, str] = {rewrite.wrt: probe}
+        self.imports: dict[str, str] = {}  # linear-graph input name -> mask-graph output name
+        self._imported: dict[str, str] = {}
+        self._probe = probe
+        self._batch: str | None = None
+        self.node: onnx.NodeProto
+        self.plan: Plan
+        self.record: UnitRecord | None = None
+
+    # -- inputs of the current node ------------------------------------------------------------
+    def has_lin(self, i: int) -> bool:
+        """Whether input i's linear part flows through this node (its plan carries it)."""
+        return i in self.plan.carried
+
+    def lin(self, i: int) -> str:
+        return self.env[self.node.input[i]]
+
+    def value(self, i: int) -> str:
+        return self.value_of(self.node.input[i])
+
+    def value_of(self, name: str) -> str:
+        """`name` as a value: an initializer if static, else imported from the mask graph."""
+        if self.model.is_static(name):
+            if name in self.model.initializers:
+                return self.b.add_initializer(self.model.initializers[name])
+            if name not in self._imported:
+                self._imported[name] = self.b.const(self.model.static_value(name), hint=name)
+            return self._imported[name]
+        return self._import(name, name)
+
+    def mask(self, label: str) -> str:
+        return self._import(self.record.masks[label], self.record.masks[label])
+
+    def _import(self, key: str, source: str) -> str:
+        if key not in self._imported:
+            name = self.b.fresh(source)
+            self._imported[key] = name
+            self.imports[name] = source
+        return self._imported[key]
+
+    def static(self, i: int) -> np.ndarray:
+        name = self.node.input[i]
+        if not self.model.is_static(name):
+            raise Unsupported(f"input '{name}' must be a constant")
+        return self.model.static_value(name)
+
+    def in_shape(self, i: int) -> tuple[int, ...]:
+        return self.model.shape(self.node.input[i])
+
+    def out_shape(self, j: int = 0) -> tuple[int, ...]:
+        return self.model.shape(self.node.output[j])
+
+    def dtype(self, i: int = 0):
+        return self.model.dtype(self.node.input[i])
+
+    def set_out(self, name: str, j: int = 0) -> None:
+        self.env[self.node.output[j]] = name
+
+    # -- layout helpers ------------------------------------------------------------------------
+    def batch(self) -> str:
+        """A 1-D int64 tensor [K]: the number of probes."""
+        if self._batch is None:
+            shape = self.b.op("Shape", [self._probe], "probe_shape")
+            self._batch = self.b.slice(shape, [0], [1], [0], "num_probes")
+        return self._batch
+
+    def aligned(self, i: int, rank: int) -> str:
+        """lin(i) reshaped to [K, 1, ..., 1, *s] with `rank` dims after K (for broadcasting)."""
+        s = self.in_shape(i)
+        if len(s) == rank:
+            return self.lin(i)
+        return self.b.reshape(self.lin(i), [-1, *([1] * (rank - len(s))), *s])
+
+    def expand(self, x: str, shape: tuple[int, ...], target: tuple[int, ...]) -> str:
+        """x ([K, *shape]) broadcast to [K, *target]."""
+        if tuple(shape) == tuple(target):
+            return x
+        if len(shape) < len(target):
+            x = self.b.reshape(x, [-1, *([1] * (len(target) - len(shape))), *shape])
+        return self.b.op("Expand", [x, self.b.ints([1, *target])], "expand")
+
+    def broadcast(self, value: str, target: tuple[int, ...]) -> str:
+        """A value of (broadcastable) shape s as [K, *target]."""
+        full = self.b.op("Concat", [self.batch(), self.b.ints(target)], "bshape", axis=0)
+        return self.b.op("Expand", [value, full], "bvalue")
+
+    def zeros(self, shape: tuple[int, ...], dtype) -> str:
+        return self.broadcast(self.b.const(np.zeros((), dtype)), shape)
+
+    def lin_or_zeros(self, i: int) -> str:
+        """lin(i) if input i has a linear part; else 0 (linear) or the value (affine)."""
+        if self.has_lin(i):
+            return self.lin(i)
+        if self.affine:
+            return self.broadcast(self.value(i), self.in_shape(i))
+        return self.zeros(self.in_shape(i), self.dtype(i))
+
+    def per_sample(self, x: str, in_shape, out_shape, op_type: str, rest=(), **attrs) -> str:
+        """Apply a batched op (Conv, pooling, Resize...) to [K, N, ...] by folding K into N."""
+        folded = self.b.reshape(x, [-1, *in_shape[1:]], "fold")
+        y = self.b.op(op_type, [folded, *rest], op_type.lower(), attrs=self.node.attribute, **attrs)
+        return self.b.reshape(y, [-1, *out_shape], "unfold")
+
+
+@dataclass
+class Artifacts:
+    """The rewritten graphs for one model and input shape, plus their manifest."""
+
+    mask: onnx.ModelProto
+    linear: onnx.ModelProto
+    bias: onnx.ModelProto
+    manifest: dict
+    linear_imports: dict[str, str]  # linear graph input -> mask graph output
+    bias_imports: dict[str, str]
+
+    def files(self) -> dict[str, bytes]:
+        return {
+            "mask.onnx": self.mask.SerializeToString(),
+            "linear.onnx": self.linear.SerializeToString(),
+            "bias.onnx": self.bias.SerializeToString(),
+            "manifest.json": json.dumps(self.manifest, indent=2).encode(),
+        }
+
+
+class Rewrite:
+    """Builds the artifacts for `model` (already analyzed at fixed shapes) and input `wrt`."""
+
+    def __init__(self, model: AnalyzedModel, wrt: str):
+        self.model, self.wrt = model, wrt
+        self.analysis = Analysis(model, wrt)
+        self.analysis.check()
+
+    def build(self) -> Artifacts:
+        m = self.model
+        taken = {n for node in m.nodes for n in [*node.input, *node.output]} | set(m.initializers)
+        taken |= set(m.inputs)
+        records = self._masks(taken)
+        mask_outputs = [o for rec in records.values() for o in rec.masks.values()]
+        lin_model, lin_imports = self._twin(records, taken | set(mask_outputs), affine=False)
+        bias_model, bias_imports = self._twin(records, taken | set(mask_outputs), affine=True)
+        exported = list(dict.fromkeys([*lin_imports.values(), *bias_imports.values()]))
+        mask_model = self._mask_model(exported)
+        manifest = self._manifest(records, mask_model)
+        return Artifacts(mask_model, lin_model, bias_model, manifest, lin_imports, bias_imports)
+
+    # -- mask graph ----------------------------------------------------------------------------
+    def _masks(self, taken: set[str]) -> dict[int, UnitRecord]:
+        m = self.model
+        self._mb = GraphBuilder(m.opset, taken)
+        ctx = MaskContext(m, self._mb)
+        records = {}
+        for idx in self.analysis.needed:
+            node = m.nodes[idx]
+            rule, plan = rule_for(node), self.analysis.plans[idx]
+            ctx.node, ctx.index = node, idx
+            ctx.record = UnitRecord(node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen)
+            self._mb.prefix = f"{node_label(node, idx)}/"
+            rule.masks(node, ctx)
+            for i, name in enumerate(node.input):  # frozen operands are masks too
+                if name in self.analysis.lin and i not in plan.carried:
+                    ctx.add(f"frozen:{name}", name)
+            records[idx] = ctx.record
+        self._replaced = ctx.replaced
+        self._mask_types = self._infer_mask_types()
+        return records
+
+    def _mask_model(self, exported: list[str]) -> onnx.ModelProto:
+        m = self.model
+        graph = onnx.GraphProto()
+        graph.CopyFrom(m.graph)
+        del graph.node[:]
+        graph.node.extend(self._replaced.get(i, n) for i, n in enumerate(m.nodes))
+        graph.node.extend(self._mb.nodes)
+        graph.initializer.extend(self._mb.initializers.values())
+        listed = {o.name for o in graph.output}
+        for name in exported:
+            if name not in listed:
+                graph.output.append(_vi(name, self._mask_dtype(name), self._mask_shape(name)))
+                listed.add(name)
+        return _model_like(m.model, graph, "mask")
+
+    # -- linear and affine twins ---------------------------------------------------------------
+    def _twin(self, records, taken, affine: bool):
+        m = self.model
+        b = GraphBuilder(m.opset, taken | {PROBE})
+        x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
+        if affine:  # the affine twin at z = 0 gives the bias image
+            probe = b.const(np.zeros((1, *x_shape), x_dtype), hint="zero_probe")
+        else:
+            probe = PROBE
+        c = LinearContext(self, b, probe, affine)
+        for idx in self.analysis.needed:
+            node = m.nodes[idx]
+            c.node, c.record, c.plan = node, records[idx], self.analysis.plans[idx]
+            b.prefix = f"{node_label(node, idx)}/"
+            try:
+                rule_for(node).linear(node, c)
+            except Unsupported as exc:
+                raise UnsupportedModelError([(node_label(node, idx), node.op_type, str(exc))]) from None
+        b.prefix = ""
+        outputs = []
+        for name in m.outputs:
+            shape, dtype = m.shape(name), m.dtype(name)
+            if name in c.env:
+                result = c.env[name]
+            elif affine:
+                result = c.broadcast(c.value_of(name), shape)
+            else:
+                result = c.zeros(shape, dtype)
+            out = b.op("Identity", [result], outputs=[name])
+            outputs.append(_vi(out, dtype, [1 if affine else "K", *shape]))
+        inputs = [] if affine else [_vi(PROBE, x_dtype, ["K", *x_shape])]
+        for lin_name, source in c.imports.items():
+            inputs.append(_vi(lin_name, self._mask_dtype(source), self._mask_shape(source)))
+        graph = helper.make_graph(
+            b.nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
+        )
+        return _model_like(m.model, graph, "bias" if affine else "linear"), dict(c.imports)
+
+    def _mask_dtype(self, name: str):
+        return self.model.dtype(name) if name in self.model.info else self._mask_types[name][0]
+
+    def _mask_shape(self, name: str):
+        return list(self.model.shape(name)) if name in self.model.info else self._mask_types[name][1]
+
+    def _infer_mask_types(self) -> dict[str, tuple[np.dtype, list]]:
+        """dtype and shape of every tensor the mask rules made, by ONNX shape inference."""
+        m = self.model
+        graph = onnx.GraphProto()
+        graph.CopyFrom(m.graph)
+        del graph.node[:]
+        graph.node.extend(self._replaced.get(i, n) for i, n in enumerate(m.nodes))
+        graph.node.extend(self._mb.nodes)
+        graph.initializer.extend(self._mb.initializers.values())
+        fixed = {*m.inputs, *m.initializers, *m.outputs}
+        graph.value_info.extend(
+            _vi(name, info.dtype, list(info.shape))
+            for name, info in m.info.items()
+            if name not in fixed
+        )
+        for vi in graph.input:
+            if vi.name in m.input_shapes:
+                vi.CopyFrom(_vi(vi.name, m.dtype(vi.name), list(m.input_shapes[vi.name])))
+        inferred = onnx.shape_inference.infer_shapes(_model_like(m.model, graph, "mask"))
+        types = {vi.name: _vi_type(vi) for vi in inferred.graph.value_info}
+        made = [
+            o for o in _outputs_of([*self._mb.nodes, *self._replaced.values()]) if o not in m.info
+        ]
+        missing = [o for o in made if o not in types or types[o][0] == np.dtype("O")]
+        if missing:
+            raise RuntimeError(f"internal error: could not infer the type of mask(s) {missing}")
+        return {o: types[o] for o in made}
+
+    def _manifest(self, records, mask_model) -> dict:
+        types = {o.name: _vi_type(o) for o in mask_model.graph.output}
+        units = []
+        for rec in records.values():
+            if not rec.masks and not rec.frozen:
+                continue
+            units.append(
+                {
+                    "node": rec.node,
+                    "op": rec.op,
+                    "kind": rec.kind,
+                    "frozen": rec.frozen,
+                    "masks": {
+                        label: {
+                            "output": name,
+                            "dtype": str(types[name][0]),
+                            "shape": types[name][1],
+                        }
+                        for label, name in rec.masks.items()
+                    },
+                }
+            )
+        return {
+            "wrt": self.wrt,
+            "input_shapes": {k: list(v) for k, v in self.model.input_shapes.items()},
+            "outputs": self.model.outputs,
+            "units": units,
+        }
+
+
+def _outputs_of(nodes) -> list[str]:
+    return [o for n in nodes for o in n.output if o]
+
+
+def _vi(name: str, dtype, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
+
+
+def _vi_type(vi: onnx.ValueInfoProto) -> tuple[np.dtype, list]:
+    t = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+    if not t.elem_type:
+        return np.dtype("O"), dims
+    return np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims
+
+
+def _model_like(original: onnx.ModelProto, graph: onnx.GraphProto, role: str) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=list(original.opset_import))
+    model.ir_version = original.ir_version
+    model.producer_name = "onnxscope"
+    model.doc_string = f"onnxscope {role} graph"
+    del model.metadata_props[:]
+    return model
+
+
+def rewrite(model: AnalyzedModel, wrt: str) -> Artifacts:
+    return Rewrite(model, wrt).build()
+
+
+def other_inputs(model: AnalyzedModel, wrt: str) -> list[str]:
+    return [i for i in model.inputs if i != wrt]
+
+
+def default_wrt(model: onnx.ModelProto | AnalyzedModel, wrt: str | None) -> str:
+    from .model import graph_inputs, input_spec
+
+    vis = graph_inputs(model.model if isinstance(model, AnalyzedModel) else model)
+    names = [vi.name for vi in vis]
+    if wrt is not None:
+        if wrt not in names:
+            raise InputError(f"There is no input '{wrt}'; the model's inputs are {names}.")
+        return wrt
+    floats = [vi.name for vi in vis if np.issubdtype(input_spec(vi)[1], np.floating)]
+    if not floats:
+        raise InputError(f"The model has no float input to interpret; its inputs are {names}.")
+    return floats[0]
+
+
+def shapes_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(np.shape(v)) for k, v in arrays.items()}

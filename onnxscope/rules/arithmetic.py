@@ -1,0 +1,181 @@
+"""Arithmetic: sums and differences, products with values, and bilinear gates.
+
+A product of two tensors that both depend on the input (Mul, Div, MatMul, Gemm) is bilinear: one
+operand is frozen at its value at x and becomes a mask (DESIGN.md section 2). Div freezes its
+denominator; otherwise an operand reached through a gate (Sigmoid, HardSigmoid, Softmax, Tanh,
+Erf) is frozen, and failing that the second operand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import Plan, Rule, Unsupported, attr, register
+from .units import _operand
+
+GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}
+# ops a gate signal passes through unchanged in nature (elementwise with a constant, reshapes)
+PASS_THROUGH = {
+    "Add", "Sub", "Mul", "Div", "Neg", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+    "Identity", "Cast", "Expand", "Tile",
+}
+
+
+def reached_through_gate(name: str, model) -> bool:
+    """Whether `name` is a gate's output, possibly through constant arithmetic and reshapes."""
+    node = model.producer.get(name)
+    while node is not None:
+        if node.op_type in GATE_OPS:
+            return True
+        if node.op_type not in PASS_THROUGH:
+            return False
+        varying = [i for i in node.input if i and not model.is_static(i)]
+        if len(varying) != 1:
+            return False
+        node = model.producer.get(varying[0])
+    return False
+
+
+def bilinear_plan(node, lin, model, a: int = 0, b: int = 1) -> tuple[int, str]:
+    """For operands a and b that both carry a linear part: (the one kept linear, why)."""
+    if reached_through_gate(node.input[a], model) and not reached_through_gate(node.input[b], model):
+        return b, f"gate operand '{node.input[a]}' frozen (float)"
+    gate = "gate operand" if reached_through_gate(node.input[b], model) else "operand"
+    return a, f"{gate} '{node.input[b]}' frozen (float)"
+
+
+class Sum(Rule):
+    """Add, Sub, Sum, Mean: the twin sums the twins; values are dropped (kept in the affine twin)."""
+
+    def linear(self, node, c) -> None:
+        rank = len(c.out_shape())
+        terms = [i for i in range(len(node.input)) if c.has_lin(i) or c.affine]
+        y = None
+        for i in terms:
+            t = _operand(c, i, rank)
+            if y is None:
+                y = c.b.op("Neg", [t]) if node.op_type == "Sub" and i == 1 else t
+            else:
+                y = c.b.op("Sub" if node.op_type == "Sub" else "Add", [y, t], "sum")
+        if node.op_type == "Mean":
+            y = c.b.op("Mul", [y, c.b.const(np.asarray(1.0 / len(node.input), c.dtype(0)))])
+        if not c.affine:  # the twins alone may be narrower than the broadcast output
+            shape = np.broadcast_shapes(*[c.in_shape(i) for i in terms])
+            y = c.expand(y, (1,) * (rank - len(shape)) + tuple(shape), c.out_shape())
+        c.set_out(y)
+
+
+register("Add", "Sub", "Sum", "Mean")(Sum)
+
+
+@register("Neg")
+class Neg(Rule):
+    def linear(self, node, c) -> None:
+        c.set_out(c.b.op("Neg", [c.lin(0)]))
+
+
+@register("Mul")
+class Mul(Rule):
+    # y = a * v with v a value (or a frozen operand)
+    def plan(self, node, lin, model) -> Plan:
+        if lin[0] and lin[1]:
+            keep, why = bilinear_plan(node, lin, model)
+            return Plan((keep,), (0,), why, "gate")
+        return Plan((0,) if lin[0] else (1,), (0,))
+
+    def linear(self, node, c) -> None:
+        rank = len(c.out_shape())
+        i = 0 if c.has_lin(0) else 1
+        c.set_out(c.b.op("Mul", [c.aligned(i, rank), c.value(1 - i)], "y"))
+
+
+@register("Div")
+class Div(Rule):
+    # y = a / v: the denominator is always a value (frozen when it depends on the input)
+    def plan(self, node, lin, model) -> Plan:
+        if not lin[0]:
+            return Plan((), ())  # c / u(x): frozen entirely, a value
+        return Plan((0,), (0,), f"denominator '{node.input[1]}' frozen (float)" if lin[1] else "",
+                    "gate" if lin[1] else "")
+
+    def linear(self, node, c) -> None:
+        rank = len(c.out_shape())
+        c.set_out(c.b.op("Div", [c.aligned(0, rank), c.value(1)], "y"))
+
+
+def _as_matrix(shape, left: bool) -> list[int]:
+    """numpy matmul promotion of a 1-D operand: [k] -> [1, k] on the left, [k, 1] on the right."""
+    if len(shape) == 1:
+        return [1, shape[0]] if left else [shape[0], 1]
+    return list(shape)
+
+
+@register("MatMul")
+class MatMul(Rule):
+    # Forward: [..., m, k] @ [..., k, n] -> [..., m, n]; one operand is a value (or frozen)
+    def plan(self, node, lin, model) -> Plan:
+        if lin[0] and lin[1]:
+            keep, why = bilinear_plan(node, lin, model)
+            return Plan((keep,), (0,), why, "gate")
+        return Plan((0,) if lin[0] else (1,), (0,))
+
+    def linear(self, node, c) -> None:
+        i = 0 if c.has_lin(0) else 1
+        a, b = _as_matrix(c.in_shape(0), True), _as_matrix(c.in_shape(1), False)
+        rank = max(len(a), len(b))
+        mats = [a, b]
+        lin = c.b.reshape(c.lin(i), [-1, *([1] * (rank - len(mats[i]))), *mats[i]], "lin_mat")
+        val = c.value(1 - i)
+        if len(c.in_shape(1 - i)) == 1:
+            val = c.b.reshape(val, mats[1 - i], "val_mat")
+        y = c.b.op("MatMul", [lin, val] if i == 0 else [val, lin], "y")
+        c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
+
+
+@register("Gemm")
+class Gemm(Rule):
+    # y = alpha * A' B' + beta * C, with A' = A^T if transA, B' = B^T if transB
+    def plan(self, node, lin, model) -> Plan:
+        if lin[0] and lin[1]:
+            keep, why = bilinear_plan(node, lin, model)
+            carried = (keep, 2) if len(lin) > 2 and lin[2] else (keep,)
+            return Plan(carried, (0,), why, "gate")
+        return Plan(tuple(i for i, f in enumerate(lin) if f), (0,))
+
+    def linear(self, node, c) -> None:
+        dt = c.dtype(0)
+        terms = []
+        product_carried = c.has_lin(0) or c.has_lin(1)
+        if product_carried or c.affine:
+            factors = []
+            for i, trans in ((0, attr(node, "transA", 0)), (1, attr(node, "transB", 0))):
+                t = c.lin(i) if c.has_lin(i) else c.value(i)
+                perm = [0, 2, 1] if c.has_lin(i) else [1, 0]
+                factors.append(c.b.op("Transpose", [t], "t", perm=perm) if trans else t)
+            ab = c.b.op("MatMul", factors, "ab")
+            terms.append(c.b.op("Mul", [ab, c.b.const(np.asarray(attr(node, "alpha", 1.0), dt))]))
+        if len(node.input) > 2 and node.input[2] and (c.has_lin(2) or c.affine):
+            cc = c.aligned(2, 2) if c.has_lin(2) else c.value(2)
+            terms.append(c.b.op("Mul", [cc, c.b.const(np.asarray(attr(node, "beta", 1.0), dt))]))
+        y = terms[0] if len(terms) == 1 else c.b.op("Add", terms, "y")
+        if not product_carried and not c.affine:  # only C carried: broadcast it to [K, M, N]
+            s = c.in_shape(2)
+            y = c.expand(y, (1,) * (2 - len(s)) + tuple(s), c.out_shape())
+        c.set_out(y)
+
+
+@register("Where")
+class Where(Rule):
+    # y = cond ? a : b with cond a value: a selection between the twins
+    def plan(self, node, lin, model) -> Plan:
+        if lin[0]:
+            raise Unsupported("an input-dependent float condition is not supported")
+        return Plan(tuple(i for i in (1, 2) if lin[i]), (0,))
+
+    def linear(self, node, c) -> None:
+        rank = len(c.out_shape())
+        # cond has the output's shape or broadcasts to it, so y is [K, *out]
+        c.set_out(c.b.op("Where", [c.value(0), _operand(c, 1, rank), _operand(c, 2, rank)], "y"))
+
+
+__all__ = ["reached_through_gate", "Unsupported"]

@@ -1,0 +1,123 @@
+"""Normalizations. BatchNorm in inference is affine. Instance/Layer/Group norm keep the centering
+linear and freeze 1/sigma of each group at x (DESIGN.md section 2); beta goes to the bias image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
+
+
+def _channel_shape(c, values: int) -> list[int]:
+    """[C, 1, ..., 1] broadcasting a per-channel vector against [N, C, *spatial]."""
+    return [values] + [1] * (len(c.in_shape(0)) - 2)
+
+
+@register("BatchNormalization")
+class BatchNorm(Rule):
+    # y = s*x + (B - mean*s), s = scale / sqrt(var + eps), per channel
+    def plan(self, node, lin, model) -> Plan:
+        if attr(node, "training_mode", 0):
+            raise Unsupported("training mode (batch statistics) is not supported")
+        if any(lin[1:]):
+            raise Unsupported("input-dependent BatchNorm parameters are not supported")
+        return Plan((0,), (0,))
+
+    def linear(self, node, c) -> None:
+        dt = c.dtype(0)
+        scale, bias, mean, var = (c.value(i) for i in range(1, 5))
+        eps = c.b.const(np.asarray(attr(node, "epsilon", 1e-5), dt))
+        s = c.b.op("Div", [scale, c.b.op("Sqrt", [c.b.op("Add", [var, eps])])], "s")
+        shape = _channel_shape(c, c.in_shape(0)[1])
+        y = c.b.op("Mul", [c.lin(0), c.b.reshape(s, shape, "s_c")], "y")
+        if c.affine:
+            shift = c.b.op("Sub", [bias, c.b.op("Mul", [mean, s])], "shift")
+            y = c.b.op("Add", [y, c.b.reshape(shift, shape, "shift_c")], "y_affine")
+        c.set_out(y)
+
+
+class Normalization(Rule):
+    """(u - mean(u)) * inv_sigma * scale + bias over groups; inv_sigma is the mask."""
+
+    kind = "unit"
+
+    def plan(self, node, lin, model) -> Plan:
+        if any(lin[1:]):
+            raise Unsupported("input-dependent scale or bias is not supported")
+        if len(node.output) > 1 and any(node.output[1:]):
+            raise Unsupported("the optional Mean/InvStdDev outputs are not supported")
+        return Plan((0,), (0,), "1/sigma per group (float)")
+
+    def groups(self, node, shape) -> tuple[list[int], list[int]]:
+        """The shape the statistics are taken in, and the axes reduced there."""
+        raise NotImplementedError
+
+    def scale_bias(self, node, c) -> tuple[str | None, str | None]:
+        raise NotImplementedError
+
+    def masks(self, node, m) -> None:
+        u = node.input[0]
+        dt = m.dtype(u)
+        shape, axes = self.groups(node, m.shape(u))
+        g = m.b.reshape(u, shape, "grouped") if list(shape) != list(m.shape(u)) else u
+        centered = m.b.op("Sub", [g, m.b.reduce("ReduceMean", g, axes, True, "mean")], "centered")
+        var = m.b.reduce("ReduceMean", m.b.op("Mul", [centered, centered]), axes, True, "var")
+        eps = m.b.const(np.asarray(attr(node, "epsilon", 1e-5), dt))
+        std = m.b.op("Sqrt", [m.b.op("Add", [var, eps])], "std")
+        m.add("inv_sigma", m.b.op("Reciprocal", [std], "inv_sigma"))
+
+    def linear(self, node, c) -> None:
+        s = c.in_shape(0)
+        shape, axes = self.groups(node, s)
+        z = c.b.reshape(c.lin(0), [-1, *shape], "grouped")
+        mean = c.b.reduce("ReduceMean", z, [a + 1 for a in axes], True, "mean")
+        y = c.b.op("Mul", [c.b.op("Sub", [z, mean], "centered"), c.mask("inv_sigma")], "normed")
+        y = c.b.reshape(y, [-1, *s], "normed")
+        scale, bias = self.scale_bias(node, c)
+        if scale is not None:
+            y = c.b.op("Mul", [y, scale], "scaled")
+        if c.affine and bias is not None:
+            y = c.b.op("Add", [y, bias], "y_affine")
+        c.set_out(y)
+
+
+@register("InstanceNormalization")
+class InstanceNorm(Normalization):
+    def groups(self, node, shape):
+        return list(shape), list(range(2, len(shape)))
+
+    def scale_bias(self, node, c):
+        shape = _channel_shape(c, c.in_shape(0)[1])
+        return c.b.reshape(c.value(1), shape, "scale"), c.b.reshape(c.value(2), shape, "bias")
+
+
+@register("LayerNormalization")
+class LayerNorm(Normalization):
+    def groups(self, node, shape):
+        axis = normalize_axis(attr(node, "axis", -1), len(shape))
+        return list(shape), list(range(axis, len(shape)))
+
+    def scale_bias(self, node, c):
+        bias = c.value(2) if len(node.input) > 2 and node.input[2] else None
+        return c.value(1), bias
+
+
+@register("GroupNormalization")
+class GroupNorm(Normalization):
+    def groups(self, node, shape):
+        groups = attr(node, "num_groups")
+        return [shape[0], groups, int(np.prod(shape[1:])) // groups], [2]
+
+    def scale_bias(self, node, c):
+        channels, groups = c.in_shape(0)[1], attr(node, "num_groups")
+        shape = _channel_shape(c, channels)
+        out = []
+        for i in (1, 2):
+            v = c.value(i)
+            if c.model.opset < 21 and channels != groups:  # opset 18: one value per group
+                v = c.b.reshape(
+                    c.b.op("Expand", [c.b.reshape(v, [groups, 1]), c.b.ints([groups, channels // groups])]),
+                    [channels],
+                )
+            out.append(c.b.reshape(v, shape, "scale" if i == 1 else "bias"))
+        return out[0], out[1]

@@ -1,0 +1,393 @@
+"""Nonlinear units: each is written at its input u0 as f(u) = g*u + b (DESIGN.md section 2).
+
+- Piecewise-linear units (Relu family, Clip, HardSigmoid, Abs) store which piece is active
+  (bool for two pieces, uint8 for three); g and b are that piece's slope and intercept, so for
+  these units A_x is the Jacobian.
+- Smooth units store the secant gain g = (f(u0) - f(0)) / u0 (limit f'(0) near 0); b = f(0).
+- Selections (Max/Min between tensors) store which operand won.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
+
+SECANT_EPS = 1e-4  # |u| below this uses the limit f'(0); the error there is ~ f''(0) * eps^2 / 2
+
+
+def _const(c, value, i=0):
+    return c.b.const(np.asarray(value, dtype=c.dtype(i)))
+
+
+def _select(c, state: str, table: list, bool_state: bool) -> str:
+    """table[state] elementwise; entries are tensor names (broadcastable) of the unit's dtype."""
+    if bool_state:
+        return c.b.op("Where", [state, table[1], table[0]], "pick")
+    out = table[0]
+    for k in range(1, len(table)):
+        hit = c.b.op("Equal", [state, c.b.const(np.uint8(k))], "is_piece")
+        out = c.b.op("Where", [hit, table[k], out], "pick")
+    return out
+
+
+class PiecewiseUnit(Rule):
+    """A unit with a few affine pieces; the mask is the index of the active piece."""
+
+    kind = "unit"
+    lin_input = 0
+
+    def plan(self, node, lin, model) -> Plan:
+        if not lin[self.lin_input] or any(lin[i] for i in range(len(lin)) if i != self.lin_input):
+            raise Unsupported("only the first input may depend on the interpreted input")
+        return Plan((self.lin_input,), (0,), self.describe(node))
+
+    def describe(self, node) -> str:
+        return "active piece (bool)"
+
+    def state(self, node, m) -> str:
+        """Mask graph: the piece index (bool or uint8) at u0."""
+        raise NotImplementedError
+
+    def pieces(self, node, c) -> list[tuple]:
+        """(slope, intercept) per piece, as floats or value tensor names."""
+        raise NotImplementedError
+
+    def masks(self, node, m) -> None:
+        m.add("piece", self.state(node, m))
+
+    def linear(self, node, c) -> None:
+        pieces = self.pieces(node, c)
+        as_tensor = [
+            [p if isinstance(p, str) else _const(c, p) for p in column] for column in zip(*pieces)
+        ]
+        state = c.mask("piece")
+        two = len(pieces) == 2
+        if two and pieces == [(0.0, 0.0), (1.0, 0.0)]:  # Relu-like: the gain is the mask itself
+            gain = c.b.op("Cast", [state], "gain", to=_onnx_type(c.dtype()))
+        else:
+            gain = _select(c, state, as_tensor[0], two)
+        rank = len(c.out_shape())
+        y = c.b.op("Mul", [c.aligned(self.lin_input, rank), gain], "y")
+        if c.affine and any(not (isinstance(b, float) and b == 0.0) for _, b in pieces):
+            y = c.b.op("Add", [y, _select(c, state, as_tensor[1], two)], "y_affine")
+        c.set_out(c.expand(y, _bshape(c, rank), c.out_shape()))
+
+
+def _bshape(c, rank):
+    s = c.in_shape(0)
+    return tuple([1] * (rank - len(s)) + list(s))
+
+
+def _onnx_type(dtype) -> int:
+    from onnx import helper
+
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def _greater(m, u, threshold) -> str:
+    return m.b.op("Greater", [u, m.b.const(np.asarray(threshold, m.dtype(u)))], "on")
+
+
+def _u(node):
+    return node.input[0]
+
+
+@register("Relu")
+class Relu(PiecewiseUnit):
+    # Relu(u) = 1[u>0] * u; at the kink u = 0 the gain is 0 (as torch's autograd)
+    def state(self, node, m):
+        return _greater(m, _u(node), 0.0)
+
+    def pieces(self, node, c):
+        return [(0.0, 0.0), (1.0, 0.0)]
+
+
+@register("LeakyRelu")
+class LeakyRelu(PiecewiseUnit):
+    # slope alpha for u <= 0
+    def state(self, node, m):
+        return _greater(m, _u(node), 0.0)
+
+    def pieces(self, node, c):
+        return [(float(attr(node, "alpha", 0.01)), 0.0), (1.0, 0.0)]
+
+
+@register("PRelu")
+class PRelu(PiecewiseUnit):
+    # per-channel slope s (a value, broadcast to u) for u <= 0
+    def state(self, node, m):
+        return _greater(m, _u(node), 0.0)
+
+    def pieces(self, node, c):
+        return [(c.value(1), 0.0), (1.0, 0.0)]
+
+
+@register("ThresholdedRelu")
+class ThresholdedRelu(PiecewiseUnit):
+    # u if u > alpha else 0
+    def state(self, node, m):
+        return _greater(m, _u(node), float(attr(node, "alpha", 1.0)))
+
+    def pieces(self, node, c):
+        return [(0.0, 0.0), (1.0, 0.0)]
+
+
+@register("Abs")
+class Abs(PiecewiseUnit):
+    # |u| = sign(u) * u; at u = 0 the gain is +1
+    def state(self, node, m):
+        zero = m.b.const(np.asarray(0, m.dtype(_u(node))))
+        return m.b.op("Not", [m.b.op("Less", [_u(node), zero], "neg")], "on")
+
+    def pieces(self, node, c):
+        return [(-1.0, 0.0), (1.0, 0.0)]
+
+
+def _three_state(m, v: str, lo: str | None, hi: str | None) -> str:
+    """uint8 piece index: 0 at or below lo, 1 strictly inside, 2 at or above hi."""
+    state = m.b.const(np.uint8(1))
+    if lo is not None:
+        state = m.b.op("Cast", [m.b.op("Greater", [v, lo], "above_lo")], "s_lo", to=2)
+    if hi is not None:
+        at_hi = m.b.op("Not", [m.b.op("Less", [v, hi], "below_hi")], "at_hi")
+        state = m.b.op("Add", [state, m.b.op("Cast", [at_hi], "s_hi", to=2)], "state")
+    if lo is None and hi is None:
+        raise Unsupported("Clip without bounds should have been an Identity")
+    return state
+
+
+@register("Clip")
+class Clip(PiecewiseUnit):
+    # Clip(u, lo, hi): slope 1 strictly inside (lo, hi); saturated pieces give lo or hi
+    def describe(self, node):
+        return "active piece (uint8: low, inside, high)"
+
+    def state(self, node, m):
+        lo = node.input[1] if len(node.input) > 1 and node.input[1] else None
+        hi = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        return _three_state(m, _u(node), lo, hi)
+
+    def pieces(self, node, c):
+        lo = c.value(1) if len(node.input) > 1 and node.input[1] else 0.0
+        hi = c.value(2) if len(node.input) > 2 and node.input[2] else 0.0
+        return [(0.0, lo), (1.0, 0.0), (0.0, hi)]
+
+
+@register("HardSigmoid")
+class HardSigmoid(PiecewiseUnit):
+    # max(0, min(1, alpha*u + beta)): slope alpha and intercept beta on the ramp
+    def describe(self, node):
+        return "active piece (uint8: 0, ramp, 1)"
+
+    def state(self, node, m):
+        dt = m.dtype(_u(node))
+        a, b = attr(node, "alpha", 0.2), attr(node, "beta", 0.5)
+        v = m.b.op("Add", [m.b.op("Mul", [_u(node), m.b.const(np.asarray(a, dt))]),
+                           m.b.const(np.asarray(b, dt))], "v")
+        return _three_state(m, v, m.b.const(np.asarray(0, dt)), m.b.const(np.asarray(1, dt)))
+
+    def pieces(self, node, c):
+        a, b = float(attr(node, "alpha", 0.2)), float(attr(node, "beta", 0.5))
+        return [(0.0, 0.0), (a, b), (0.0, 1.0)]
+
+
+# --- smooth units: secant gain ----------------------------------------------------------------
+
+
+class SecantUnit(Rule):
+    """f(u) = g*u + f(0) with g = (f(u0) - f(0)) / u0, and g = f'(0) where |u0| < eps."""
+
+    kind = "unit"
+    eps = SECANT_EPS
+
+    def plan(self, node, lin, model) -> Plan:
+        if any(lin[1:]):
+            raise Unsupported("only the first input may depend on the interpreted input")
+        return Plan((0,), (0,), f"secant gain ({self.describe_gain(node)})")
+
+    def describe_gain(self, node) -> str:
+        return "float"
+
+    def f0(self, node) -> float:
+        raise NotImplementedError
+
+    def d0(self, node) -> float:
+        raise NotImplementedError
+
+    def masks(self, node, m) -> None:
+        u, y = node.input[0], node.output[0]
+        dt = m.dtype(u)
+        k = lambda v: m.b.const(np.asarray(v, dt))  # noqa: E731
+        rise = m.b.op("Sub", [y, k(self.f0(node))], "rise") if self.f0(node) else y
+        secant = m.b.op("Div", [rise, u], "secant")
+        if self.eps:
+            near = m.b.op("Less", [m.b.op("Abs", [u], "abs_u"), k(self.eps)], "near_zero")
+        else:
+            near = m.b.op("Equal", [u, k(0)], "at_zero")
+        m.add("gain", m.b.op("Where", [near, k(self.d0(node)), secant], "gain"))
+
+    def linear(self, node, c) -> None:
+        y = c.b.op("Mul", [c.lin(0), c.mask("gain")], "y")
+        if c.affine and self.f0(node):
+            y = c.b.op("Add", [y, _const(c, self.f0(node))], "y_affine")
+        c.set_out(y)
+
+
+def _secant(op: str, f0, d0):
+    """Register a smooth unit by its value and slope at 0 (functions of the node's attributes)."""
+
+    cls = type(op, (SecantUnit,), {"f0": lambda self, n: f0(n), "d0": lambda self, n: d0(n)})
+    register(op)(cls)
+    return cls
+
+
+_secant("Sigmoid", lambda n: 0.5, lambda n: 0.25)
+_secant("Tanh", lambda n: 0.0, lambda n: 1.0)
+_secant("Erf", lambda n: 0.0, lambda n: 2.0 / math.sqrt(math.pi))
+_secant("Elu", lambda n: 0.0, lambda n: 1.0)
+_secant("Celu", lambda n: 0.0, lambda n: 1.0)
+_secant("Selu", lambda n: 0.0, lambda n: float(attr(n, "gamma", 1.0507009873554805)))
+_secant("Softplus", lambda n: math.log(2.0), lambda n: 0.5)
+_secant("Softsign", lambda n: 0.0, lambda n: 1.0)
+_secant("Gelu", lambda n: 0.0, lambda n: 0.5)
+_secant("Mish", lambda n: 0.0, lambda n: math.tanh(math.log(2.0)))
+_secant("Exp", lambda n: 1.0, lambda n: 1.0)
+_secant("HardSwish", lambda n: 0.0, lambda n: 0.5)
+
+
+class PowerUnit(SecantUnit):
+    """u^p = (u^(p-1)) * u: gain y/u through the origin (0 where u = 0); f(0) taken as 0."""
+
+    eps = 0.0
+
+    def f0(self, node):
+        return 0.0
+
+    def d0(self, node):
+        return 0.0
+
+    def describe_gain(self, node):
+        return "float, y/u"
+
+
+@register("Sqrt", "Reciprocal")
+class SqrtReciprocal(PowerUnit):
+    pass
+
+
+@register("Pow")
+class Pow(PowerUnit):
+    def plan(self, node, lin, model) -> Plan:
+        if not lin[0]:
+            raise Unsupported("an input-dependent exponent (c^u) has no rule")
+        return Plan((0,), (0,), "secant gain (float, y/u); exponent frozen" if lin[1] else
+                    "secant gain (float, y/u)")
+
+
+# --- softmax: exp with its normalizer frozen ------------------------------------------------
+
+
+def softmax_axes(node, rank: int, opset: int) -> list[int]:
+    if opset < 13:  # the input is read as 2-D: [prod(s[:axis]), prod(s[axis:])]
+        return list(range(normalize_axis(attr(node, "axis", 1), rank), rank))
+    return [normalize_axis(attr(node, "axis", -1), rank)]
+
+
+def _log_sum_exp(m, u: str, axes: list[int]) -> str:
+    """Stable LSE over axes, kept dims: max + log(sum(exp(u - max)))."""
+    top = m.b.reduce("ReduceMax", u, axes, True, "max")
+    total = m.b.reduce("ReduceSum", m.b.op("Exp", [m.b.op("Sub", [u, top])]), axes, True, "sum")
+    return m.b.op("Add", [top, m.b.op("Log", [total])], "lse")
+
+
+@register("Softmax")
+class Softmax(Rule):
+    # softmax(u) = exp(u) / S with S frozen: exp(u) = g*u + 1, so y = (g/S)*u + 1/S.
+    # 1/S = exp(-LSE(u)); the gain mask holds g/S = (y - 1/S)/u (limit 1/S at u = 0).
+    kind = "unit"
+
+    def plan(self, node, lin, model) -> Plan:
+        return Plan((0,), (0,), "secant gain (float) and intercept exp(-LSE) (float)")
+
+    def masks(self, node, m) -> None:
+        u, y = node.input[0], node.output[0]
+        axes = softmax_axes(node, len(m.shape(u)), m.model.opset)
+        inv_s = m.b.op("Exp", [m.b.op("Neg", [_log_sum_exp(m, u, axes)])], "intercept")
+        secant = m.b.op("Div", [m.b.op("Sub", [y, inv_s]), u], "secant")
+        near = m.b.op("Less", [m.b.op("Abs", [u]), m.b.const(np.asarray(SECANT_EPS, m.dtype(u)))])
+        m.add("gain", m.b.op("Where", [near, inv_s, secant], "gain"))
+        m.add("intercept", inv_s)
+
+    def linear(self, node, c) -> None:
+        y = c.b.op("Mul", [c.lin(0), c.mask("gain")], "y")
+        if c.affine:
+            y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
+        c.set_out(y)
+
+
+@register("LogSoftmax")
+class LogSoftmax(Rule):
+    # log softmax(u) = u - LSE(u), LSE frozen: gain 1, intercept y - u
+    kind = "unit"
+
+    def plan(self, node, lin, model) -> Plan:
+        return Plan((0,), (0,), "intercept -LSE (float)")
+
+    def masks(self, node, m) -> None:
+        m.add("intercept", m.b.op("Sub", [node.output[0], node.input[0]], "intercept"))
+
+    def linear(self, node, c) -> None:
+        y = c.lin(0)
+        if c.affine:
+            y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
+        c.set_out(y)
+
+
+# --- selections between operands -------------------------------------------------------------
+
+
+@register("Max", "Min")
+class Selection(Rule):
+    """Max/Min of several operands: each output element copies the operand that won at x.
+
+    With a constant operand this is a Relu-like unit (Max(u, 0) is Relu). Ties go to the earlier
+    operand.
+    """
+
+    kind = "selection"
+
+    def plan(self, node, lin, model) -> Plan:
+        kind = "bool" if len(node.input) == 2 else "uint8"
+        return Plan(tuple(i for i, f in enumerate(lin) if f), (0,), f"winning operand ({kind})")
+
+    def masks(self, node, m) -> None:
+        beats = "Greater" if node.op_type == "Max" else "Less"
+        best, state = node.input[0], None
+        for k, operand in enumerate(node.input[1:], start=1):
+            wins = m.b.op(beats, [operand, best], "wins")
+            if len(node.input) == 2:
+                state = wins
+                break
+            prev = state if state is not None else m.b.const(np.uint8(0))
+            state = m.b.op("Where", [wins, m.b.const(np.uint8(k)), prev], "winner")
+            best = m.b.op(node.op_type, [best, operand], "best")
+        m.add("winner", state)
+
+    def linear(self, node, c) -> None:
+        rank = len(c.out_shape())
+        operands = [_operand(c, i, rank) for i in range(len(node.input))]
+        state = c.mask("winner")
+        y = _select(c, state, operands, len(operands) == 2)
+        c.set_out(c.expand(y, c.out_shape(), c.out_shape()))
+
+
+def _operand(c, i: int, rank: int) -> str:
+    """Input i as [K, ...] aligned to `rank`: its twin, or 0/its value when it has no linear part."""
+    if c.has_lin(i):
+        return c.aligned(i, rank)
+    if c.affine:
+        return c.value(i)
+    return c.b.const(np.zeros((), c.dtype(i)))

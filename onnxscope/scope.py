@@ -1,0 +1,225 @@
+"""The user-facing API: `LinearScope` (one model) and `Interpretation` (one input x)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import InputError
+from .model import AnalyzedModel, load_model
+from .rewriter import Artifacts, default_wrt, rewrite
+from .runtime import ort, require_ort, resolve_providers, session_options
+
+DEFAULT_PROBE_BATCH = 16
+
+
+class _Sessions:
+    """The three ONNX Runtime sessions for one input shape, created once and reused."""
+
+    def __init__(self, artifacts: Artifacts, providers: list[str]):
+        opts = session_options()
+        make = lambda m: ort.InferenceSession(m.SerializeToString(), opts, providers=providers)  # noqa: E731
+        self.artifacts = artifacts
+        self.mask = make(artifacts.mask)
+        self.linear = make(artifacts.linear)
+        self.bias = make(artifacts.bias)
+        self.mask_outputs = [o.name for o in self.mask.get_outputs()]
+        self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
+
+
+class LinearScope:
+    """Interpret an ONNX model through its linear interpreter A_x and bias image c_x.
+
+    >>> scope = LinearScope("model.onnx")           # wrt: the input to interpret (default: first float)
+    >>> it = scope.interpret(x)                     # one run of the mask graph
+    >>> it.apply(z), it.bias, it.verify()           # A_x z, c_x, exactness checks
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | onnx.ModelProto,
+        wrt: str | None = None,
+        providers: list[str] | str | None = None,
+        probe_batch: int = DEFAULT_PROBE_BATCH,
+    ):
+        require_ort()
+        self.model = load_model(model)
+        self.wrt = default_wrt(self.model, wrt)
+        self.providers = resolve_providers(providers)
+        self.probe_batch = probe_batch
+        self._cache: dict[tuple, tuple[AnalyzedModel, _Sessions]] = {}
+
+    def analyze(self, input_shapes: Mapping[str, Sequence[int]]) -> AnalyzedModel:
+        return self._prepare(input_shapes)[0]
+
+    def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
+        return self._prepare(input_shapes)[1].artifacts
+
+    def _prepare(self, input_shapes):
+        from .model import resolve_input_shapes
+
+        shapes = resolve_input_shapes(self.model, {k: tuple(v) for k, v in input_shapes.items()})
+        key = tuple(sorted(shapes.items()))
+        if key not in self._cache:
+            analyzed = AnalyzedModel(self.model, shapes)
+            self._cache[key] = (analyzed, _Sessions(rewrite(analyzed, self.wrt), self.providers))
+        return self._cache[key]
+
+    def interpret(self, x: np.ndarray, **other_inputs: np.ndarray) -> Interpretation:
+        """Run the mask graph at x and return the interpretation of the model at that point."""
+        inputs = {self.wrt: x, **other_inputs}
+        analyzed = None
+        feeds = {}
+        from .model import graph_inputs, input_spec
+
+        specs = {vi.name: input_spec(vi) for vi in graph_inputs(self.model)}
+        missing = [n for n in specs if n not in inputs]
+        if missing:
+            raise InputError(f"Missing value(s) for model input(s) {missing}.")
+        for name, value in inputs.items():
+            if name not in specs:
+                raise InputError(f"Unknown input '{name}'; the model's inputs are {list(specs)}.")
+            feeds[name] = _check_array(name, value, specs[name][1])
+        analyzed, sessions = self._prepare({k: v.shape for k, v in feeds.items()})
+        return Interpretation(self, analyzed, sessions, feeds)
+
+
+def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype != dtype:
+        if np.issubdtype(dtype, np.floating) and np.issubdtype(array.dtype, np.number):
+            array = array.astype(dtype)
+        else:
+            raise InputError(f"Input '{name}' has dtype {array.dtype}; the model expects {dtype}.")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise InputError(f"Input '{name}' contains NaN or infinite values.")
+    return np.ascontiguousarray(array)
+
+
+class Interpretation:
+    """The affine map F̂_x(z) = A_x z + c_x frozen at one input x.
+
+    Masks stay as runtime values (OrtValues, on the device for CUDA) and are bound to the linear
+    graph for every batch of probes.
+    """
+
+    def __init__(self, scope: LinearScope, model: AnalyzedModel, sessions: _Sessions, feeds):
+        self.scope, self.model, self._s = scope, model, sessions
+        self.x = feeds[scope.wrt]
+        self.inputs = feeds
+        ort_feeds = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+        values = sessions.mask.run_with_ort_values(sessions.mask_outputs, ort_feeds)
+        self._mask_values = dict(zip(sessions.mask_outputs, values))
+        self.output_names = list(model.outputs)
+        self.outputs = {n: self._mask_values[n].numpy() for n in self.output_names}
+        self._bias = None
+
+    # -- results at x --------------------------------------------------------------------------
+    @property
+    def output(self) -> np.ndarray:
+        """F(x) for a single-output model."""
+        return self._single(self.outputs)
+
+    @property
+    def masks(self) -> dict[str, np.ndarray]:
+        """Every frozen decision and frozen value, by mask graph output name."""
+        imported = {*self._s.artifacts.linear_imports.values(), *self._s.artifacts.bias_imports.values()}
+        return {n: self._mask_values[n].numpy() for n in self._s.mask_outputs if n in imported}
+
+    @property
+    def biases(self) -> dict[str, np.ndarray]:
+        """c_x for every output: the affine twin evaluated at z = 0."""
+        if self._bias is None:
+            values = self._run(self._s.bias, self._s.artifacts.bias_imports, {})
+            self._bias = {n: v[0] for n, v in values.items()}
+        return self._bias
+
+    @property
+    def bias(self) -> np.ndarray:
+        return self._single(self.biases)
+
+    # -- the linear map ------------------------------------------------------------------------
+    def apply_all(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """A_x z for every output; z is shaped like x with any leading dims."""
+        z = np.asarray(z, dtype=self.x.dtype)
+        lead = _leading(z.shape, self.x.shape, "probe")
+        flat = z.reshape(-1, *self.x.shape)
+        parts = []
+        for start in range(0, max(len(flat), 1), self.scope.probe_batch):
+            chunk = np.ascontiguousarray(flat[start : start + self.scope.probe_batch])
+            parts.append(self._run(self._s.linear, self._s.artifacts.linear_imports, {"probe": chunk}))
+        return {
+            n: np.concatenate([p[n] for p in parts]).reshape(*lead, *self.outputs[n].shape)
+            for n in self.output_names
+        }
+
+    def apply(self, z: np.ndarray):
+        """A_x z: an array for a single-output model, else a dict by output name."""
+        return self._single(self.apply_all(z), allow_dict=True)
+
+    def columns(self, idx) -> np.ndarray | dict[str, np.ndarray]:
+        """A_x e_j for flat input indices j: one output-shaped image per index."""
+        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+        size = self.x.size
+        if idx.size and (idx.min() < -size or idx.max() >= size):
+            raise InputError(f"Column index out of range for an input of {size} elements.")
+        probes = np.zeros((len(idx), size), self.x.dtype)
+        probes[np.arange(len(idx)), idx % size] = 1
+        return self.apply(probes.reshape(len(idx), *self.x.shape))
+
+    def verify(self, seed: int = 0) -> dict[str, float]:
+        """Relative errors: reconstruction F(x) vs A_x x + c_x, and linearity of A_x."""
+        rng = np.random.default_rng(seed)
+        f = _flat(self.outputs)
+        ax = self.apply_all(self.x[None])
+        recon = _flat({n: ax[n][0] + self.biases[n] for n in self.output_names})
+        z1, z2 = rng.standard_normal((2, *self.x.shape)).astype(self.x.dtype)
+        a, b = 0.7, -1.3
+        both = self.apply_all(np.stack([z1, z2, a * z1 + b * z2]))
+        combo = _flat({n: a * v[0] + b * v[1] for n, v in both.items()})
+        direct = _flat({n: v[2] for n, v in both.items()})
+        return {
+            "reconstruction": _rel(recon, f),
+            "linearity": _rel(direct, combo),
+        }
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _run(self, session, imports: dict[str, str], extra: dict[str, np.ndarray]):
+        binding = session.io_binding()
+        for name, value in extra.items():
+            binding.bind_cpu_input(name, value)
+        for lin_name, mask_name in imports.items():
+            binding.bind_ortvalue_input(lin_name, self._mask_values[mask_name])
+        names = [o.name for o in session.get_outputs()]
+        for name in names:
+            binding.bind_output(name, self._s.device)
+        session.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+    def _single(self, values: dict, allow_dict: bool = False):
+        if len(values) == 1:
+            return next(iter(values.values()))
+        if allow_dict:
+            return values
+        raise InputError(
+            f"The model has {len(values)} outputs ({list(values)}); use the dict form "
+            "(it.outputs, it.biases, it.apply_all)."
+        )
+
+
+def _leading(shape, x_shape, what) -> tuple[int, ...]:
+    n = len(x_shape)
+    if len(shape) < n or tuple(shape[len(shape) - n :]) != tuple(x_shape):
+        raise InputError(f"A {what} must be shaped like x {tuple(x_shape)} with leading batch dims; got {tuple(shape)}.")
+    return tuple(shape[: len(shape) - n])
+
+
+def _flat(values: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.ravel(v).astype(np.float64) for v in values.values()])
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), np.finfo(np.float64).tiny))
