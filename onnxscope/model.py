@@ -143,7 +143,14 @@ class AnalyzedModel:
                     self.consumers.setdefault(i, []).append(n)
         self._check_order()
         self.runtime = self._runtime_tensors()
-        self.info, self._values = self._run_once()
+        self._facts: tuple[dict[str, TensorInfo], dict[str, np.ndarray]] | None = None
+
+    @property
+    def info(self) -> dict[str, TensorInfo]:
+        """Shape and dtype of every tensor (from one run of the model, made on first use)."""
+        if self._facts is None:
+            self._facts = self._run_once()
+        return self._facts[0]
 
     # -- facts -------------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[int, ...]:
@@ -165,8 +172,9 @@ class AnalyzedModel:
         """The value of a static tensor (weights, constants, shape computations)."""
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
-        if name in self._values:
-            return self._values[name]
+        self.info  # noqa: B018  (makes sure the run happened)
+        if name in self._facts[1]:
+            return self._facts[1][name]
         raise ModelError(f"Tensor '{name}' depends on the input data, but a constant is needed.")
 
     # -- analysis ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from onnx import helper
 
 from . import rules  # noqa: F401  (registers every rule)
 from .builder import GraphBuilder
-from .errors import InputError, Unsupported, UnsupportedModelError
+from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
 from .model import CONTROL_FLOW_OPS, AnalyzedModel
 from .registry import Plan, rule_for
 
@@ -50,7 +50,9 @@ class Analysis:
     def __init__(self, model: AnalyzedModel, wrt: str):
         self.model = model
         self.wrt = wrt
-        dtype = model.dtype(wrt)
+        from .model import graph_inputs, input_spec
+
+        dtype = {vi.name: input_spec(vi)[1] for vi in graph_inputs(model.model)}[wrt]
         if not np.issubdtype(dtype, np.floating):
             raise InputError(f"Input '{wrt}' has dtype {dtype}; only float inputs can be probed.")
         self.plans: dict[int, Plan] = {}
@@ -67,7 +69,7 @@ class Analysis:
                 if rule is None:
                     raise Unsupported("no linearization rule for this op")
                 plan = rule.plan(node, flags, model)
-            except Unsupported as exc:
+            except (Unsupported, ModelError) as exc:
                 problems[idx] = (node_label(node, idx), node.op_type, str(exc))
                 plan = Plan(tuple(i for i, f in enumerate(flags) if f), tuple(range(len(node.output))))
             self.plans[idx] = plan

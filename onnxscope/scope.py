@@ -53,7 +53,11 @@ class LinearScope:
         self._cache: dict[tuple, tuple[AnalyzedModel, _Sessions]] = {}
 
     def analyze(self, input_shapes: Mapping[str, Sequence[int]]) -> AnalyzedModel:
-        return self._prepare(input_shapes)[0]
+        """The model's static facts at these input shapes (no rewriting)."""
+        from .model import resolve_input_shapes
+
+        shapes = resolve_input_shapes(self.model, {k: tuple(v) for k, v in input_shapes.items()})
+        return AnalyzedModel(self.model, shapes)
 
     def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
         return self._prepare(input_shapes)[1].artifacts

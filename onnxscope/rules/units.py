@@ -97,9 +97,10 @@ def _u(node):
 
 @register("Relu")
 class Relu(PiecewiseUnit):
-    # Relu(u) = 1[u>0] * u; at the kink u = 0 the gain is 0 (as torch's autograd)
+    # Relu(u) = 1[u>0] * u; at the kink u = 0 the gain is 0 (as torch's autograd).
+    # u > 0 exactly where Relu(u) > 0: reading the output keeps ORT's Conv+Relu fusion intact.
     def state(self, node, m):
-        return _greater(m, _u(node), 0.0)
+        return _greater(m, node.output[0], 0.0)
 
     def pieces(self, node, c):
         return [(0.0, 0.0), (1.0, 0.0)]
@@ -107,9 +108,10 @@ class Relu(PiecewiseUnit):
 
 @register("LeakyRelu")
 class LeakyRelu(PiecewiseUnit):
-    # slope alpha for u <= 0
+    # slope alpha for u <= 0 (read on the output, as for Relu, when alpha > 0)
     def state(self, node, m):
-        return _greater(m, _u(node), 0.0)
+        positive_slope = float(attr(node, "alpha", 0.01)) > 0
+        return _greater(m, node.output[0] if positive_slope else _u(node), 0.0)
 
     def pieces(self, node, c):
         return [(float(attr(node, "alpha", 0.01)), 0.0), (1.0, 0.0)]

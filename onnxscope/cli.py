@@ -1,0 +1,203 @@
+"""The `onnxscope` command: inspect, rewrite and verify ONNX models.
+
+Exit status: 0 success; 1 a check failed (verify over tolerance, inspect found unsupported
+nodes); 2 the command could not run (bad file, bad input, unsupported model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from .errors import InputError, OnnxscopeError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=1x3x224x224, got '{text}'") from None
+
+
+def _input_arg(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got '{text}'")
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnxscope",
+        description="Exact linear interpreters of ONNX models: F(x) = A_x x + c_x.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("model", help="path to the .onnx model (never modified)")
+        sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
+        sp.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
+                        metavar="NAME=1x3x224x224", help="fix the shape of an input")
+        sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+    sp = sub.add_parser("inspect", help="list the nonlinear units, gates and unsupported nodes")
+    common(sp)
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = sub.add_parser("rewrite", help="write mask.onnx, linear.onnx, bias.onnx and a manifest")
+    common(sp)
+    sp.add_argument("-o", "--output", required=True, help="output folder")
+
+    sp = sub.add_parser("verify", help="check reconstruction and linearity at an input")
+    common(sp)
+    sp.add_argument("--input", action="append", type=_input_arg, default=[],
+                    metavar="NAME=FILE.npy", help="an input value (random when not given)")
+    sp.add_argument("--tol", type=float, default=1e-5, help="largest relative error accepted")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except OnnxscopeError as exc:
+        print(f"onnxscope: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: say so in one paragraph unless --debug
+        if args.debug:
+            raise
+        print(
+            f"onnxscope: internal error ({type(exc).__name__}: {exc}). This is a bug in "
+            "onnxscope; rerun with --debug for the traceback and report it.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+def _scope(args):
+    from .scope import LinearScope
+
+    return LinearScope(args.model, wrt=args.wrt, providers=args.device)
+
+
+def cmd_inspect(args) -> int:
+    from .rewriter import Analysis
+
+    scope = _scope(args)
+    model = scope.analyze(dict(args.input_shape))
+    analysis = Analysis(model, scope.wrt)
+    units = analysis.units()
+    if args.json:
+        print(json.dumps({
+            "wrt": scope.wrt,
+            "units": [vars(u) for u in units],
+            "unsupported": [{"node": n, "op": op, "why": why} for n, op, why in analysis.problems],
+        }, indent=2))
+    else:
+        print(f"Interpreting input '{scope.wrt}' {list(model.input_shapes[scope.wrt])}: "
+              f"{len(units)} frozen unit(s) and gate(s).")
+        rows = [(u.node, u.op, u.kind, u.frozen) for u in units]
+        _table(("node", "op", "kind", "frozen to"), rows)
+        if analysis.problems:
+            print(f"\n{len(analysis.problems)} unsupported node(s):")
+            _table(("node", "op", "why"), analysis.problems)
+    return EXIT_CHECK_FAILED if analysis.problems else EXIT_OK
+
+
+def _table(header, rows) -> None:
+    rows = [tuple(str(c) for c in r) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def cmd_rewrite(args) -> int:
+    scope = _scope(args)
+    shapes = dict(args.input_shape)
+    artifacts = scope.artifacts(shapes)
+    out = os.path.abspath(args.output)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"Output path '{out}' exists and is not a folder.")
+    os.makedirs(out, exist_ok=True)
+    files = artifacts.files()
+    model_path = os.path.abspath(args.model)
+    for name in files:
+        target = os.path.join(out, name)
+        if os.path.exists(target) and os.path.samefile(target, model_path):
+            raise InputError(f"Writing '{target}' would overwrite the input model; choose another -o.")
+    for name, data in files.items():
+        write_atomic(os.path.join(out, name), data)
+    units = artifacts.manifest["units"]
+    print(f"Wrote {', '.join(files)} to {out} ({len(units)} frozen unit(s) and gate(s)).")
+    return EXIT_OK
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it into place."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".onnxscope-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_verify(args) -> int:
+    from .model import graph_inputs, input_spec, resolve_input_shapes
+
+    scope = _scope(args)
+    given = {}
+    for name, path in args.input:
+        try:
+            given[name] = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"Could not read '{path}' for input '{name}' as a .npy file: {exc}") from None
+    shapes = dict(args.input_shape)
+    shapes.update({k: v.shape for k, v in given.items()})
+    shapes = resolve_input_shapes(scope.model, shapes)
+    rng = np.random.default_rng(args.seed)
+    feeds = {}
+    for vi in graph_inputs(scope.model):
+        _, dtype = input_spec(vi)
+        if vi.name in given:
+            feeds[vi.name] = given[vi.name]
+        elif np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shapes[vi.name]).astype(dtype)
+        else:
+            feeds[vi.name] = np.zeros(shapes[vi.name], dtype)
+    x = feeds.pop(scope.wrt)
+    errors = scope.interpret(x, **feeds).verify(seed=args.seed)
+    ok = all(v <= args.tol for v in errors.values())
+    if args.json:
+        print(json.dumps({**errors, "tol": args.tol, "ok": ok, "wrt": scope.wrt}))
+    else:
+        for name, value in errors.items():
+            print(f"{name:15s} {value:.3e}  {'ok' if value <= args.tol else 'FAILED'}")
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+COMMANDS = {"inspect": cmd_inspect, "rewrite": cmd_rewrite, "verify": cmd_verify}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Small PyTorch architectures, defined here (no torchvision, nothing downloads), for end-to-end
+tests of onnxscope on exported models.
+
+Each builder returns `(module, x)`: a module in eval mode with seeded weights, and a float32 input.
+Widths are kept small so that exporting, interpreting and checking every model takes seconds.
+BatchNorm running statistics and every affine parameter of a normalization layer are set to
+non-trivial values, so that no normalization is an identity (and so that BN folding into Conv,
+which both torch exporters do, is actually exercised).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SEED = 1234
+
+
+# -- initialization --------------------------------------------------------------------------------
+def init_weights(module: nn.Module, seed: int = SEED) -> nn.Module:
+    """Seeded, variance-preserving weights, non-zero biases and non-trivial norm statistics."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(t, scale=1.0, shift=0.0):
+        return torch.randn(t.shape, generator=g, dtype=t.dtype) * scale + shift
+
+    def rand(t, lo, hi):
+        return torch.rand(t.shape, generator=g, dtype=t.dtype) * (hi - lo) + lo
+
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                w = m.weight
+                if isinstance(m, nn.ConvTranspose2d):
+                    # fan-in of a transposed conv: the input channels that reach one output
+                    fan_in = w.shape[0] * w[0, 0].numel() / (m.stride[0] * m.stride[1])
+                    fan_in = fan_in / m.groups
+                else:
+                    fan_in = w[0].numel()
+                w.copy_(randn(w, (2.0 / max(fan_in, 1.0)) ** 0.5))
+                if m.bias is not None:
+                    m.bias.copy_(randn(m.bias, 0.1))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(rand(m.weight, 0.5, 1.5))
+                m.bias.copy_(randn(m.bias, 0.2))
+                m.running_mean.copy_(randn(m.running_mean, 0.3))
+                m.running_var.copy_(rand(m.running_var, 0.5, 2.0))
+            elif isinstance(m, (nn.InstanceNorm2d, nn.LayerNorm, nn.GroupNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(rand(m.weight, 0.5, 1.5))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(randn(m.bias, 0.2))
+            elif isinstance(m, nn.PReLU):
+                m.weight.copy_(rand(m.weight, 0.05, 0.4))
+    return module
+
+
+def make_input(shape, seed: int = SEED + 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float32)
+
+
+# -- (a) ResNet --------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + identity)
+
+
+class TinyResNet(nn.Module):
+    """ResNet-18 in miniature: 7x7/2 stem, BN, ReLU, MaxPool(3,2,1), basic blocks, GAP, Linear."""
+
+    def __init__(self, width: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        self.layer1 = nn.Sequential(BasicBlock(width, width), BasicBlock(width, width))
+        self.layer2 = nn.Sequential(BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 2 * width))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+# -- (b) MobileNetV3 ---------------------------------------------------------------------------
+class SqueezeExcite(nn.Module):
+    """AdaptiveAvgPool -> 1x1 conv -> ReLU -> 1x1 conv -> Hardsigmoid -> multiply."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        s = F.hardsigmoid(self.fc2(F.relu(self.fc1(self.pool(x)))))
+        return x * s
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, hidden, cout, k, stride, se: bool, act: type[nn.Module]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act()]
+        layers += [nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False),
+                   nn.BatchNorm2d(hidden), act()]
+        if se:
+            layers.append(SqueezeExcite(hidden, max(hidden // 4, 4)))
+        layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class TinyMobileNetV3(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        hs, re = nn.Hardswish, nn.ReLU
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish(),
+            InvertedResidual(8, 8, 8, 3, 2, se=True, act=re),
+            InvertedResidual(8, 24, 12, 3, 1, se=False, act=re),
+            InvertedResidual(12, 36, 12, 3, 1, se=False, act=re),
+            InvertedResidual(12, 48, 16, 5, 2, se=True, act=hs),
+            InvertedResidual(16, 48, 16, 5, 1, se=True, act=hs),
+            nn.Conv2d(16, 48, 1, bias=False), nn.BatchNorm2d(48), nn.Hardswish(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(48, 32), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(32, num_classes)
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+# -- (c) U-Net ---------------------------------------------------------------------------------
+def _double_conv(cin, cout):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class TinyUNet(nn.Module):
+    """Encoder with MaxPool and a strided conv; decoder with ConvTranspose, nn.Upsample (bilinear,
+    nearest) and F.interpolate (bilinear, align_corners=True); torch.cat skips."""
+
+    def __init__(self, cin: int = 3, cout: int = 2, w: int = 6):
+        super().__init__()
+        self.enc1 = _double_conv(cin, w)
+        self.down1 = nn.MaxPool2d(2)
+        self.enc2 = _double_conv(w, 2 * w)
+        self.down2 = nn.Conv2d(2 * w, 2 * w, 3, 2, 1)  # strided-conv downsampling
+        self.enc3 = _double_conv(2 * w, 4 * w)
+        self.down3 = nn.MaxPool2d(2)
+        self.bottom = _double_conv(4 * w, 4 * w)
+        self.up3 = nn.ConvTranspose2d(4 * w, 4 * w, 2, 2)
+        self.dec3 = _double_conv(8 * w, 2 * w)
+        self.up2 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.dec2 = _double_conv(4 * w, w)
+        self.up1 = nn.Upsample(scale_factor=2, mode="nearest")
+        self.dec1 = _double_conv(2 * w, w)
+        self.head = nn.Conv2d(w, cout, 1)
+        self.side = nn.Conv2d(4 * w, cout, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.down1(e1))
+        e3 = self.enc3(self.down2(e2))
+        b = self.bottom(self.down3(e3))
+        d3 = self.dec3(torch.cat([self.up3(b), e3], dim=1))
+        d2 = self.dec2(torch.cat([self.up2(d3), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        # a deep-supervision side branch brought back to full size by F.interpolate
+        side = F.interpolate(self.side(b), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return self.head(d1) + side
+
+
+# -- (d) CycleGAN generator --------------------------------------------------------------------
+class ResnetBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c, affine=True), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c, affine=True),
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class TinyCycleGANGenerator(nn.Module):
+    def __init__(self, c: int = 3, ngf: int = 8, n_blocks: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3), nn.Conv2d(c, ngf, 7), nn.InstanceNorm2d(ngf, affine=True), nn.ReLU(True),
+        ]
+        for i in range(2):
+            m = 2**i
+            layers += [nn.Conv2d(ngf * m, ngf * m * 2, 3, 2, 1),
+                       nn.InstanceNorm2d(ngf * m * 2, affine=True), nn.ReLU(True)]
+        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
+        for i in range(2):
+            m = 2 ** (2 - i)
+            layers += [nn.ConvTranspose2d(ngf * m, ngf * m // 2, 3, 2, 1, output_padding=1),
+                       nn.InstanceNorm2d(ngf * m // 2, affine=True), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, c, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+# -- (e) ConvNeXt ------------------------------------------------------------------------------
+class ConvNeXtBlock(nn.Module):
+    """dwconv 7x7 -> permute NHWC -> LayerNorm -> Linear 4x -> GELU -> Linear -> layer scale ->
+    permute NCHW -> residual."""
+
+    def __init__(self, dim: int, layer_scale: float = 0.5):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(layer_scale * torch.ones(dim))
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        y = (self.gamma * y).permute(0, 3, 1, 2)
+        return x + y
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels of an NCHW tensor (ConvNeXt's channels_first norm)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class TinyConvNeXt(nn.Module):
+    def __init__(self, dims=(16, 32), num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))
+        self.stage1 = nn.Sequential(ConvNeXtBlock(dims[0]), ConvNeXtBlock(dims[0]))
+        self.down = nn.Sequential(LayerNorm2d(dims[0], eps=1e-6), nn.Conv2d(dims[0], dims[1], 2, 2))
+        self.stage2 = nn.Sequential(ConvNeXtBlock(dims[1]))
+        self.norm = nn.LayerNorm(dims[1], eps=1e-6)
+        self.head = nn.Linear(dims[1], num_classes)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(self.norm(x.mean(dim=(-2, -1))))
+
+
+# -- (f) LeakyReLU / PReLU / MaxPool net -------------------------------------------------------
+class LeakyPReLUNet(nn.Module):
+    """Piecewise linear throughout, so A_x is the Jacobian at x."""
+
+    def __init__(self, num_out: int = 6):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, 1, 1), nn.BatchNorm2d(12), nn.PReLU(12), nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(12, 16, 3, 1, 1), nn.PReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        )
+        self.fc1 = nn.Linear(16 * 4 * 4, 24)
+        self.act = nn.LeakyReLU(0.2)
+        self.fc2 = nn.Linear(24, num_out)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(torch.flatten(self.features(x), 1))))
+
+
+# -- (g) EfficientNet-style MBConv with SiLU ---------------------------------------------------
+class SiLUSqueezeExcite(nn.Module):
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        s = x.mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(s))))
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin, cout, expand, stride):
+        super().__init__()
+        hidden = cin * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.SiLU(),
+            SiLUSqueezeExcite(hidden, max(cin // 4, 2)),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class TinyEfficientNet(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
+        self.blocks = nn.Sequential(MBConv(8, 8, 1, 1), MBConv(8, 12, 4, 2), MBConv(12, 12, 4, 1))
+        self.head = nn.Sequential(nn.Conv2d(12, 32, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# -- registry ----------------------------------------------------------------------------------
+# name: (constructor, input shape, piecewise linear (A_x is the Jacobian at x))
+ARCHITECTURES = {
+    "resnet": (TinyResNet, (1, 3, 32, 32), True),
+    "mobilenetv3": (TinyMobileNetV3, (1, 3, 32, 32), False),
+    "unet": (TinyUNet, (1, 3, 32, 32), True),
+    "cyclegan": (TinyCycleGANGenerator, (1, 3, 32, 32), False),
+    "convnext": (TinyConvNeXt, (1, 3, 32, 32), False),
+    "leaky_prelu": (LeakyPReLUNet, (1, 3, 28, 28), True),
+    "efficientnet": (TinyEfficientNet, (1, 3, 32, 32), False),
+}
+
+
+def build(name: str, seed: int = SEED) -> tuple[nn.Module, torch.Tensor]:
+    """The named architecture with seeded weights, in eval mode, and its seeded example input."""
+    ctor, shape, _ = ARCHITECTURES[name]
+    torch.manual_seed(seed)
+    module = init_weights(ctor(), seed).eval()
+    return module, make_input(shape, seed + 1)
