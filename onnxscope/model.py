@@ -195,7 +195,7 @@ class AnalyzedModel:
             if n.op_type in SHAPE_ONLY_OPS:
                 continue
             if n.op_type in RANDOM_OPS or any(i in runtime for i in n.input) or (
-                n.op_type in CONTROL_FLOW_OPS and _subgraph_reads(n, runtime)
+                n.op_type in CONTROL_FLOW_OPS and subgraph_reads(n, runtime)
             ):
                 runtime.update(o for o in n.output if o)
         return runtime
@@ -261,13 +261,13 @@ class AnalyzedModel:
         return info, static
 
 
-def _subgraph_reads(node: onnx.NodeProto, names: set[str]) -> bool:
+def subgraph_reads(node: onnx.NodeProto, names: set[str]) -> bool:
     """Whether a control-flow node's subgraphs read any of `names` from the outer scope."""
     for attr in node.attribute:
         for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
             for n in g.node:
                 if any(i in names for i in n.input) or (
-                    n.op_type in CONTROL_FLOW_OPS and _subgraph_reads(n, names)
+                    n.op_type in CONTROL_FLOW_OPS and subgraph_reads(n, names)
                 ):
                     return True
     return False

@@ -23,7 +23,7 @@ from onnx import helper
 from . import rules  # noqa: F401  (registers every rule)
 from .builder import GraphBuilder
 from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
-from .model import CONTROL_FLOW_OPS, AnalyzedModel
+from .model import CONTROL_FLOW_OPS, AnalyzedModel, subgraph_reads
 from .registry import Plan, rule_for
 
 PROBE = "probe"
@@ -60,7 +60,10 @@ class Analysis:
         lin = {wrt}
         for idx, node in enumerate(model.nodes):
             flags = [i in lin for i in node.input]
-            if not any(flags):
+            reads_lin = any(flags) or (
+                node.op_type in CONTROL_FLOW_OPS and subgraph_reads(node, lin)
+            )
+            if not reads_lin:
                 continue
             rule = rule_for(node)
             try:
@@ -173,8 +176,9 @@ class LinearContext:
         return self._import(self.record.masks[label], self.record.masks[label])
 
     def _import(self, key: str, source: str) -> str:
+        """A linear-graph input fed by the mask-graph output `source` (same name when possible)."""
         if key not in self._imported:
-            name = self.b.fresh(source)
+            name = self.b.fresh(source) if source in self.model.outputs else source
             self._imported[key] = name
             self.imports[name] = source
         return self._imported[key]
@@ -282,6 +286,8 @@ class Rewrite:
         exported = list(dict.fromkeys([*lin_imports.values(), *bias_imports.values()]))
         mask_model = self._mask_model(exported)
         manifest = self._manifest(records, mask_model)
+        manifest["linear_inputs"] = {"probe": PROBE, "masks": lin_imports}
+        manifest["bias_inputs"] = {"masks": bias_imports}
         return Artifacts(mask_model, lin_model, bias_model, manifest, lin_imports, bias_imports)
 
     # -- mask graph ----------------------------------------------------------------------------
