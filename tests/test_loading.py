@@ -1,0 +1,151 @@
+"""Loading: weights in Constant nodes or external data, free dims, extra inputs, API boundaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxscope
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)
+B = RNG.standard_normal(4).astype(np.float32)
+
+
+def conv_relu(weights_as="initializer", x_dims=(1, 2, 6, 6), opset=17):
+    nodes, inits = [], []
+    if weights_as == "constant":
+        nodes += [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(W)),
+                  helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(B))]
+    else:
+        inits += [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b")]
+    nodes += [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+              helper.make_node("Tanh", ["c"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph.output[0].type.tensor_type.shape.SetInParent()
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def reference(model, x):
+    sess = ort.InferenceSession(model.SerializeToString())
+    return sess.run(None, {"x": x})[0]
+
+
+def test_weights_in_constant_nodes():
+    model = conv_relu("constant")
+    x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    it = onnxscope.LinearScope(model).interpret(x)
+    errors = it.verify()
+    assert errors["reconstruction"] <= 1e-5 and errors["linearity"] <= 1e-5
+    np.testing.assert_allclose(it.output, reference(model, x), rtol=1e-6)
+    # the bias image carries the Conv bias through Tanh's secant: c = g * b
+    assert np.abs(it.bias).max() > 0
+
+
+def test_external_data(tmp_path):
+    model = conv_relu()
+    x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    expected = reference(model, x)
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").exists()
+    it = onnxscope.LinearScope(str(path)).interpret(x)
+    assert it.verify()["reconstruction"] <= 1e-5
+    np.testing.assert_allclose(it.output, expected, rtol=1e-6)
+
+
+def test_free_batch_dim_defaults_to_one_and_shapes_are_cached():
+    model = conv_relu(x_dims=("N", 2, 6, 6))
+    scope = onnxscope.LinearScope(model)
+    x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    first = scope.interpret(x)
+    second = scope.interpret(2 * x)
+    assert len(scope._cache) == 1
+    assert not np.allclose(first.output, second.output)
+
+
+def test_free_spatial_dims_follow_the_input():
+    model = conv_relu(x_dims=(1, 2, "H", "W"))
+    scope = onnxscope.LinearScope(model)
+    for size in (5, 8):
+        x = RNG.standard_normal((1, 2, size, size)).astype(np.float32)
+        assert scope.interpret(x).verify()["reconstruction"] <= 1e-5
+    with pytest.raises(onnxscope.InputError, match="--input-shape"):
+        scope.artifacts({})
+
+
+def test_old_opset_is_refused_with_advice():
+    with pytest.raises(onnxscope.ModelError, match="opset 10"):
+        onnxscope.LinearScope(conv_relu(opset=10))
+
+
+def test_the_users_model_object_is_not_modified():
+    model = conv_relu()
+    before = model.SerializeToString()
+    onnxscope.LinearScope(model).interpret(RNG.standard_normal((1, 2, 6, 6)).astype(np.float32))
+    assert model.SerializeToString() == before
+
+
+def test_bad_inputs_are_refused():
+    scope = onnxscope.LinearScope(conv_relu())
+    with pytest.raises(onnxscope.InputError, match="shape"):
+        scope.interpret(np.zeros((1, 3, 6, 6), np.float32))
+    with pytest.raises(onnxscope.InputError, match="NaN"):
+        scope.interpret(np.full((1, 2, 6, 6), np.inf, np.float32))
+    with pytest.raises(onnxscope.InputError, match="Unknown input"):
+        scope.interpret(np.zeros((1, 2, 6, 6), np.float32), sigma=np.zeros(1))
+    it = scope.interpret(np.zeros((1, 2, 6, 6), np.float32))
+    with pytest.raises(onnxscope.InputError, match="probe"):
+        it.apply(np.zeros((2, 1, 2, 6, 5), np.float32))
+    with pytest.raises(onnxscope.InputError, match="out of range"):
+        it.columns([72])
+
+
+def test_probe_batches_and_leading_dims():
+    scope = onnxscope.LinearScope(conv_relu(), probe_batch=3)
+    x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    it = scope.interpret(x)
+    z = RNG.standard_normal((2, 4, 1, 2, 6, 6)).astype(np.float32)
+    az = it.apply(z)
+    assert az.shape == (2, 4, 1, 4, 6, 6)
+    one = it.apply(z[1, 2])
+    np.testing.assert_allclose(az[1, 2], one, rtol=1e-5, atol=1e-6)
+    cols = it.columns([0, 5, 71])
+    assert cols.shape == (3, 1, 4, 6, 6)
+    e = np.zeros(72, np.float32)
+    e[5] = 1
+    np.testing.assert_allclose(cols[1], it.apply(e.reshape(1, 2, 6, 6)), rtol=1e-6)
+
+
+def test_a_second_input_is_a_frozen_value():
+    """An FFDNet-like model: a noise-level map enters by Concat and Mul; interpret wrt the image."""
+    w = numpy_helper.from_array(RNG.standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Concat", ["x", "sigma"], ["xs"], axis=1),
+        helper.make_node("Conv", ["xs", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "sigma"], ["m"]),
+        helper.make_node("Relu", ["m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5]),
+         helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [1, 1, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    scope = onnxscope.LinearScope(model)
+    assert scope.wrt == "x"
+    x = RNG.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    sigma = np.full((1, 1, 5, 5), 0.3, np.float32)
+    it = scope.interpret(x, sigma=sigma)
+    errors = it.verify()
+    assert errors["reconstruction"] <= 1e-5 and errors["linearity"] <= 1e-5
+    # sigma enters the bias image (its Concat channel), not A_x
+    assert np.abs(it.bias).max() > 0
+    with pytest.raises(onnxscope.InputError, match="Missing"):
+        scope.interpret(x)
