@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from .errors import InputError, ModelError
 
-SUPPORTED_OPSETS = range(11, 23)
+SUPPORTED_OPSETS = range(9, 23)  # 9-10 for Upsample-era exports
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 # Ops whose output depends on the *shape* of their input only.
 SHAPE_ONLY_OPS = {"Shape", "Size"}
@@ -54,7 +54,8 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(
             f"The model uses ONNX opset {opset}; onnxscope supports opsets "
             f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}. Convert it first, e.g. with "
-            "onnx.version_converter.convert_version(model, 17)."
+            "onnx.version_converter.convert_version(model, 17), and check the converted model's "
+            "outputs against the original (the converter changes some ops' semantics)."
         )
     return model
 

@@ -357,3 +357,136 @@ def build(name: str, seed: int = SEED) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(seed)
     module = init_weights(ctor(), seed).eval()
     return module, make_input(shape, seed + 1)
+
+
+# -- an independent reference interpreter, in torch --------------------------------------------
+# The paper's LinearScope, written against torch rather than ONNX: run a batch [x, z_1 … z_K, 0]
+# through the module with every nonlinear unit replaced by the affine map frozen at x (element 0 of
+# the batch), following DESIGN.md §2: ReLU-type gains, MaxPool selections taken at x, secant gains
+# (f(u) − f(0))/u for smooth units, gates (Sigmoid, Hardsigmoid) frozen to their value at x, and
+# normalizations that keep their centering but freeze 1/σ. Then F̂_x(z_k) is row k, c_x the last
+# row, and A_x z_k = F̂_x(z_k) − c_x. Nothing here is shared with onnxscope.
+import math  # noqa: E402
+
+from torch.overrides import TorchFunctionMode  # noqa: E402
+
+
+def _relu(u, inplace=False):
+    return (u[:1] > 0).to(u.dtype) * u
+
+
+def _leaky_relu(u, negative_slope=0.01, inplace=False):
+    return torch.where(u[:1] > 0, 1.0, negative_slope).to(u.dtype) * u
+
+
+def _prelu(u, weight):
+    w = weight.reshape(1, -1, *([1] * (u.dim() - 2))) if weight.numel() > 1 else weight.reshape(())
+    return torch.where(u[:1] > 0, torch.ones_like(u[:1]), w) * u
+
+
+def _max_pool2d(u, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                return_indices=False):
+    assert not return_indices
+    _, idx = F.max_pool2d_with_indices(u[:1], kernel_size, stride, padding, dilation, ceil_mode)
+    b, c = u.shape[:2]
+    flat = idx.flatten(2).expand(b, -1, -1)
+    return u.flatten(2).gather(2, flat).reshape(b, *idx.shape[1:])
+
+
+def _hardswish(u, inplace=False):
+    return F.hardsigmoid(u[:1]) * u  # secant of hardswish through (0, 0)
+
+
+def _silu(u, inplace=False):
+    return torch.sigmoid(u[:1]) * u  # secant of x·σ(x): the gate σ frozen
+
+
+def _gelu(u, approximate="none"):
+    assert approximate == "none"
+    return 0.5 * (1 + torch.erf(u[:1] / math.sqrt(2))) * u  # x·Φ(x): the gate Φ frozen
+
+
+def _tanh(u):
+    u0 = u[:1]
+    safe = torch.where(u0.abs() < 1e-12, torch.ones_like(u0), u0)
+    return torch.where(u0.abs() < 1e-12, torch.ones_like(u0), torch.tanh(safe) / safe) * u
+
+
+def _gate(fn):
+    def frozen(u, *args, **kwargs):
+        kwargs.pop("inplace", None)
+        return fn(u[:1], *args, **kwargs).expand_as(u)
+
+    return frozen
+
+
+def _instance_norm(u, running_mean=None, running_var=None, weight=None, bias=None,
+                   use_input_stats=True, momentum=0.1, eps=1e-5):
+    assert use_input_stats
+    dims = tuple(range(2, u.dim()))
+    var0 = u[:1].var(dim=dims, unbiased=False, keepdim=True)
+    y = (u - u.mean(dim=dims, keepdim=True)) / torch.sqrt(var0 + eps)
+    shape = (1, -1, *([1] * len(dims)))
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def _layer_norm(u, normalized_shape, weight=None, bias=None, eps=1e-5):
+    dims = tuple(range(u.dim() - len(normalized_shape), u.dim()))
+    var0 = u[:1].var(dim=dims, unbiased=False, keepdim=True)
+    y = (u - u.mean(dim=dims, keepdim=True)) / torch.sqrt(var0 + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+_FROZEN_RULES = {
+    F.relu: _relu, torch.relu: _relu, F.leaky_relu: _leaky_relu, torch.prelu: _prelu,
+    F.max_pool2d: _max_pool2d, F.hardswish: _hardswish, F.silu: _silu, F.gelu: _gelu,
+    torch.tanh: _tanh, F.hardsigmoid: _gate(F.hardsigmoid), torch.sigmoid: _gate(torch.sigmoid),
+    F.instance_norm: _instance_norm, F.layer_norm: _layer_norm,
+}
+# anything else that is not affine must not slip through unfrozen
+_REFUSED = {torch.erf, F.softmax, F.elu, F.softplus, F.mish, torch.exp, torch.sqrt, F.relu6,
+            F.hardtanh, torch.max, torch.amax, F.max_pool1d, F.max_pool3d, F.group_norm}
+
+
+class _FreezeAtFirst(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.hits: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _REFUSED:
+            raise NotImplementedError(f"reference interpreter: no frozen rule for {func}")
+        rule = _FROZEN_RULES.get(func)
+        if rule is None:
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        self.hits[name] = self.hits.get(name, 0) + 1
+        return rule(*args, **kwargs)
+
+
+def reference_interpreter(module: nn.Module, x: torch.Tensor, z: torch.Tensor,
+                          dtype=torch.float64):
+    """(F(x), A_x z, c_x, hits) from the torch reference; z is (K, *x.shape). Computed in `dtype`
+    on a copy of the module, so the reference is independent of ONNX float32 rounding."""
+    import copy
+
+    ref = copy.deepcopy(module).to(dtype).eval()
+    k = z.shape[0]
+    batch = torch.cat([x.to(dtype), z.reshape(k * x.shape[0], *x.shape[1:]).to(dtype),
+                       torch.zeros_like(x, dtype=dtype)])
+    mode = _FreezeAtFirst()
+    with torch.no_grad(), mode:
+        out = ref(batch)
+    n = x.shape[0]
+    assert n == 1, "element 0 of the batch carries the decisions"
+    f, probes, c = out[:n], out[n:-n], out[-n:]
+    return f, (probes - c).reshape(k, *f.shape), c, mode.hits

@@ -65,9 +65,11 @@ class ReduceSelection(Selection):
             axes = reduce_axes(node, m, len(shape)) or []
             keep, op = bool(attr(node, "keepdims", 1)), node.op_type
         numel = int(np.prod(shape))
-        index = m.b.reshape(
-            m.b.op("Range", [m.b.const(np.int64(0)), m.b.const(np.int64(numel)),
-                             m.b.const(np.int64(1))], "index"), list(shape), "index")
+        if m.model.opset >= 11:  # flat indices made at run time rather than stored
+            ends = [m.b.const(np.int64(v)) for v in (0, numel, 1)]
+            index = m.b.reshape(m.b.op("Range", ends, "index"), list(shape), "index")
+        else:
+            index = m.b.const(np.arange(numel, dtype=np.int64).reshape(shape), hint="index")
         if not axes:  # a no-op reduction selects every element
             m.add("argmax", index)
             return

@@ -105,16 +105,24 @@ class Concat(Rule):
         c.set_out(c.b.op("Concat", parts, "y", axis=axis))
 
 
+def _has(node, i: int) -> bool:
+    return len(node.input) > i and bool(node.input[i])
+
+
 @register("Slice")
 class Slice(DataOnly):
+    # starts/ends/steps pass through as values; axes shift by one
     def linear(self, node, c) -> None:
         rank = len(c.in_shape(0))
-        n = len(c.static(1)) if c.model.is_static(node.input[1]) else c.in_shape(1)[0]
-        has = lambda i: len(node.input) > i and node.input[i]  # noqa: E731
-        axes = c.static(3).tolist() if has(3) else list(range(n))
-        shifted = c.b.ints([normalize_axis(a, rank) + 1 for a in axes], "axes")
-        inputs = [c.lin(0), c.value(1), c.value(2), shifted]
-        if has(4):
+        if c.model.opset < 10:  # starts, ends and axes are attributes
+            starts, ends = attr(node, "starts"), attr(node, "ends")
+            axes = attr(node, "axes") or list(range(len(starts)))
+            c.set_out(c.b.slice(c.lin(0), starts, ends, [normalize_axis(a, rank) + 1 for a in axes]))
+            return
+        axes = c.static(3).tolist() if _has(node, 3) else list(range(c.in_shape(1)[0]))
+        inputs = [c.lin(0), c.value(1), c.value(2)]
+        inputs.append(c.b.ints([normalize_axis(a, rank) + 1 for a in axes], "axes"))
+        if _has(node, 4):
             inputs.append(c.value(4))
         c.set_out(c.b.op("Slice", inputs, "y"))
 
@@ -124,43 +132,59 @@ class Pad(DataOnly):
     # the pad value is a constant added: 0 in the twin, kept in the affine twin
     def linear(self, node, c) -> None:
         rank = len(c.in_shape(0))
-        pads = c.static(1).astype(np.int64).tolist()
-        has = lambda i: len(node.input) > i and node.input[i]  # noqa: E731
-        axes = [normalize_axis(a, rank) for a in c.static(3).tolist()] if has(3) else list(range(rank))
+        if c.model.opset < 11:  # pads and value are attributes
+            pads, axes, value = list(attr(node, "pads")), list(range(rank)), None
+        else:
+            pads = c.static(1).astype(np.int64).tolist()
+            axes = [normalize_axis(a, rank) for a in c.static(3).tolist()] if _has(node, 3) \
+                else list(range(rank))
+            value = c.value(2) if _has(node, 2) else None
         begin, end = [0] * rank, [0] * rank
         for k, a in enumerate(axes):
             begin[a], end[a] = pads[k], pads[k + len(axes)]
-        inputs = [c.lin(0), c.b.ints([0, *begin, 0, *end], "pads")]
-        if c.affine and has(2):
-            inputs.append(c.value(2))
-        c.set_out(c.b.op("Pad", inputs, "y", mode=attr(node, "mode", "constant")))
+        pads, mode = [0, *begin, 0, *end], attr(node, "mode", "constant")
+        if c.model.opset < 11:
+            fill = float(attr(node, "value", 0.0)) if c.affine else 0.0
+            c.set_out(c.b.op("Pad", [c.lin(0)], "y", mode=mode, pads=pads, value=fill))
+            return
+        inputs = [c.lin(0), c.b.ints(pads, "pads")]
+        if c.affine and value is not None:
+            inputs.append(value)
+        c.set_out(c.b.op("Pad", inputs, "y", mode=mode))
 
 
 @register("Resize")
 class Resize(DataOnly):
-    # linear in X for every mode; sizes[0] becomes K*N on the folded twin
+    # linear in X for every mode; on the folded twin sizes[0] becomes K*N
     def linear(self, node, c) -> None:
-        has = lambda i: len(node.input) > i and node.input[i]  # noqa: E731
+        if c.model.opset < 11:  # Resize-10: (X, scales)
+            _batch_scale_is_one(c, 1)
+            c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), "Resize", [c.value(1)]))
+            return
         axes = attr(node, "axes")
-        batch_axis_listed = axes is None or 0 in [normalize_axis(a, len(c.in_shape(0))) for a in axes]
-        roi = c.value(1) if has(1) else ""
-        scales = c.value(2) if has(2) else ""
+        batch_listed = axes is None or 0 in [normalize_axis(a, len(c.in_shape(0))) for a in axes]
+        roi = c.value(1) if _has(node, 1) else ""
+        scales = c.value(2) if _has(node, 2) else ""
         sizes = ""
-        if has(3) and int(np.prod(c.in_shape(3))):
+        if _has(node, 3) and int(np.prod(c.in_shape(3))):
             sizes = c.value(3)
-            if batch_axis_listed:
-                n = c.in_shape(0)[0]
-                folded = c.b.op("Mul", [c.batch(), c.b.ints([n])], "folded_n")
+            if batch_listed:
+                folded = c.b.op("Mul", [c.batch(), c.b.ints([c.in_shape(0)[0]])], "folded_n")
                 rest = c.b.slice(sizes, [1], [np.iinfo(np.int64).max], [0], "sizes_rest")
                 sizes = c.b.op("Concat", [folded, rest], "sizes", axis=0)
-        elif has(2) and batch_axis_listed and c.model.is_static(node.input[2]):
-            if len(c.static(2)) and float(c.static(2)[0]) != 1.0:
-                raise Unsupported("resizing along the batch axis is not supported")
+        elif batch_listed:
+            _batch_scale_is_one(c, 2)
         extra = {}
         if attr(node, "coordinate_transformation_mode") == "tf_crop_and_resize" and not c.affine:
-            extra["extrapolation_value"] = 0.0
+            extra["extrapolation_value"] = 0.0  # the fill value is a constant: bias only
         c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), "Resize",
                                [roi, scales, sizes], **extra))
+
+
+def _batch_scale_is_one(c, i: int) -> None:
+    scales = c.static(i)
+    if scales.size and float(scales.ravel()[0]) != 1.0:
+        raise Unsupported("resizing along the batch axis is not supported")
 
 
 @register("Expand")

@@ -27,9 +27,9 @@ def _select(c, state: str, table: list, bool_state: bool) -> str:
     if bool_state:
         return c.b.op("Where", [state, table[1], table[0]], "pick")
     out = table[0]
-    for k in range(1, len(table)):
-        hit = c.b.op("Equal", [state, c.b.const(np.uint8(k))], "is_piece")
-        out = c.b.op("Where", [hit, table[k], out], "pick")
+    for k in range(1, len(table)):  # state >= k overrides; Greater takes uint8 in every opset
+        reached = c.b.op("Greater", [state, c.b.const(np.uint8(k - 1))], "reached")
+        out = c.b.op("Where", [reached, table[k], out], "pick")
     return out
 
 
@@ -150,15 +150,24 @@ class Abs(PiecewiseUnit):
 
 def _three_state(m, v: str, lo: str | None, hi: str | None) -> str:
     """uint8 piece index: 0 at or below lo, 1 strictly inside, 2 at or above hi."""
-    state = m.b.const(np.uint8(1))
+    piece = lambda k: m.b.const(np.uint8(k))  # noqa: E731
+    state = piece(1)
     if lo is not None:
-        state = m.b.op("Cast", [m.b.op("Greater", [v, lo], "above_lo")], "s_lo", to=2)
+        state = m.b.op("Where", [m.b.op("Greater", [v, lo], "above_lo"), piece(1), piece(0)])
     if hi is not None:
         at_hi = m.b.op("Not", [m.b.op("Less", [v, hi], "below_hi")], "at_hi")
-        state = m.b.op("Add", [state, m.b.op("Cast", [at_hi], "s_hi", to=2)], "state")
-    if lo is None and hi is None:
-        raise Unsupported("Clip without bounds should have been an Identity")
+        state = m.b.op("Where", [at_hi, piece(2), state], "state")
+    if lo is None and hi is None:  # no bounds: always inside
+        state = m.b.op("Cast", [m.b.op("Equal", [v, v])], "state", to=2)
     return state
+
+
+def clip_bounds(node) -> tuple[str | float | None, str | float | None]:
+    """(lo, hi) of a Clip: input names from opset 11, attribute floats before; None if absent."""
+    if any(a.name in ("min", "max") for a in node.attribute):  # opset < 11
+        return attr(node, "min"), attr(node, "max")
+    has = lambda i: len(node.input) > i and node.input[i]  # noqa: E731
+    return (node.input[1] if has(1) else None), (node.input[2] if has(2) else None)
 
 
 @register("Clip")
@@ -168,14 +177,15 @@ class Clip(PiecewiseUnit):
         return "active piece (uint8: low, inside, high)"
 
     def state(self, node, m):
-        lo = node.input[1] if len(node.input) > 1 and node.input[1] else None
-        hi = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        return _three_state(m, _u(node), lo, hi)
+        dt = m.dtype(_u(node))
+        bound = lambda v: v if isinstance(v, str) or v is None else m.b.const(np.asarray(v, dt))  # noqa: E731
+        lo, hi = clip_bounds(node)
+        return _three_state(m, _u(node), bound(lo), bound(hi))
 
     def pieces(self, node, c):
-        lo = c.value(1) if len(node.input) > 1 and node.input[1] else 0.0
-        hi = c.value(2) if len(node.input) > 2 and node.input[2] else 0.0
-        return [(0.0, lo), (1.0, 0.0), (0.0, hi)]
+        value = lambda v: c.value_of(v) if isinstance(v, str) else float(v or 0.0)  # noqa: E731
+        lo, hi = clip_bounds(node)
+        return [(0.0, value(lo)), (1.0, 0.0), (0.0, value(hi))]
 
 
 @register("HardSigmoid")
