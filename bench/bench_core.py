@@ -49,9 +49,16 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "resnet18.onnx")
-        torch.onnx.export(net, (torch.from_numpy(x),), path, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+        torch.onnx.export(
+            net,
+            (torch.from_numpy(x),),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+        )
         opts = session_options(threads=args.threads or None)
         plain = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         scope = onnxscope.LinearScope(path, probe_batch=args.probes)
@@ -70,10 +77,15 @@ def main() -> None:
         t_lin = median_time(lambda: it.apply(probes), args.repeat)
 
     k = args.probes
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"onnxruntime {ort.__version__}, threads={args.threads or 'default'}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"onnxruntime {ort.__version__}, threads={args.threads or 'default'}"
+    )
     print(f"model: ResNet-18 at {args.size}x{args.size}; rewrite + session setup {rewrite_s:.2f} s")
-    print(f"exactness: reconstruction {errors['reconstruction']:.2e}, linearity {errors['linearity']:.2e}")
+    print(
+        f"exactness: reconstruction {errors['reconstruction']:.2e}, "
+        f"linearity {errors['linearity']:.2e}"
+    )
     rows = [
         ("plain forward, batch 1", t_plain, 1.0),
         (f"plain forward, batch {k} (per image)", t_plain_b / k, t_plain_b / k / t_plain),

@@ -15,7 +15,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -30,7 +32,9 @@ class ResNet18(nn.Module):
         super().__init__()
         w = [width, 2 * width, 4 * width, 8 * width]
         self.stem = nn.Sequential(
-            nn.Conv2d(3, w[0], 7, 2, 3, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(),
+            nn.Conv2d(3, w[0], 7, 2, 3, bias=False),
+            nn.BatchNorm2d(w[0]),
+            nn.ReLU(),
             nn.MaxPool2d(3, 2, 1),
         )
         blocks, cin = [], w[0]

@@ -96,8 +96,9 @@ class GraphBuilder:
 
     def slice(self, x: str, starts, ends, axes, hint="") -> str:
         if self.opset < 10:
-            return self.op("Slice", [x], hint or "slice", starts=list(starts), ends=list(ends),
-                           axes=list(axes))
+            return self.op(
+                "Slice", [x], hint or "slice", starts=list(starts), ends=list(ends), axes=list(axes)
+            )
         return self.op(
             "Slice", [x, self.ints(starts), self.ints(ends), self.ints(axes)], hint or "slice"
         )

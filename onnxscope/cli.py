@@ -47,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("model", help="path to the .onnx model (never modified)")
         sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
-        sp.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
-                        metavar="NAME=1x3x224x224", help="fix the shape of an input")
+        sp.add_argument(
+            "--input-shape",
+            action="append",
+            type=_shape_arg,
+            default=[],
+            metavar="NAME=1x3x224x224",
+            help="fix the shape of an input",
+        )
         sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     sp = sub.add_parser("inspect", help="list the nonlinear units, gates and unsupported nodes")
@@ -61,8 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("verify", help="check reconstruction and linearity at an input")
     common(sp)
-    sp.add_argument("--input", action="append", type=_input_arg, default=[],
-                    metavar="NAME=FILE.npy", help="an input value (random when not given)")
+    sp.add_argument(
+        "--input",
+        action="append",
+        type=_input_arg,
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="an input value (random when not given)",
+    )
     sp.add_argument("--tol", type=float, default=1e-5, help="largest relative error accepted")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -101,14 +113,23 @@ def cmd_inspect(args) -> int:
     analysis = Analysis(model, scope.wrt)
     units = analysis.units()
     if args.json:
-        print(json.dumps({
-            "wrt": scope.wrt,
-            "units": [vars(u) for u in units],
-            "unsupported": [{"node": n, "op": op, "why": why} for n, op, why in analysis.problems],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "wrt": scope.wrt,
+                    "units": [vars(u) for u in units],
+                    "unsupported": [
+                        {"node": n, "op": op, "why": why} for n, op, why in analysis.problems
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"Interpreting input '{scope.wrt}' {list(model.input_shapes[scope.wrt])}: "
-              f"{len(units)} frozen unit(s) and gate(s).")
+        print(
+            f"Interpreting input '{scope.wrt}' {list(model.input_shapes[scope.wrt])}: "
+            f"{len(units)} frozen unit(s) and gate(s)."
+        )
         rows = [(u.node, u.op, u.kind, u.frozen) for u in units]
         _table(("node", "op", "kind", "frozen to"), rows)
         if analysis.problems:
@@ -137,7 +158,9 @@ def cmd_rewrite(args) -> int:
     for name in files:
         target = os.path.join(out, name)
         if os.path.exists(target) and os.path.samefile(target, model_path):
-            raise InputError(f"Writing '{target}' would overwrite the input model; choose another -o.")
+            raise InputError(
+                f"Writing '{target}' would overwrite the input model; choose another -o."
+            )
     for name, data in files.items():
         write_atomic(os.path.join(out, name), data)
     units = artifacts.manifest["units"]
@@ -171,7 +194,9 @@ def cmd_verify(args) -> int:
         try:
             given[name] = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"Could not read '{path}' for input '{name}' as a .npy file: {exc}") from None
+            raise InputError(
+                f"Could not read '{path}' for input '{name}' as a .npy file: {exc}"
+            ) from None
     shapes = dict(args.input_shape)
     shapes.update({k: v.shape for k, v in given.items()})
     shapes = resolve_input_shapes(scope.model, shapes)

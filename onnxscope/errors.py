@@ -1,4 +1,4 @@
-"""Errors onnxscope raises. Each carries a message meant to be read by a person, in one paragraph."""
+"""Errors onnxscope raises; each message is one paragraph meant for a person."""
 
 from __future__ import annotations
 

@@ -24,7 +24,13 @@ CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 # Ops whose output depends on the *shape* of their input only.
 SHAPE_ONLY_OPS = {"Shape", "Size"}
 # Ops without inputs that still produce a different value each run.
-RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+RANDOM_OPS = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+}
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -82,12 +88,14 @@ def input_spec(vi: onnx.ValueInfoProto) -> tuple[list[int | str | None], np.dtyp
 def resolve_input_shapes(
     model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]]
 ) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes for every graph input: given ones, else static dims (a free batch dim is 1)."""
+    """Concrete shapes of all graph inputs: given ones, else static dims (free batch dim: 1)."""
     shapes = {}
     names = [vi.name for vi in graph_inputs(model)]
     unknown = set(given) - set(names)
     if unknown:
-        raise InputError(f"Unknown input name(s) {sorted(unknown)}; the model's inputs are {names}.")
+        raise InputError(
+            f"Unknown input name(s) {sorted(unknown)}; the model's inputs are {names}."
+        )
     for vi in graph_inputs(model):
         dims, _ = input_spec(vi)
         if vi.name in given:
@@ -195,8 +203,10 @@ class AnalyzedModel:
         for n in self.nodes:
             if n.op_type in SHAPE_ONLY_OPS:
                 continue
-            if n.op_type in RANDOM_OPS or any(i in runtime for i in n.input) or (
-                n.op_type in CONTROL_FLOW_OPS and subgraph_reads(n, runtime)
+            if (
+                n.op_type in RANDOM_OPS
+                or any(i in runtime for i in n.input)
+                or (n.op_type in CONTROL_FLOW_OPS and subgraph_reads(n, runtime))
             ):
                 runtime.update(o for o in n.output if o)
         return runtime
@@ -256,7 +266,9 @@ class AnalyzedModel:
             if name not in self.runtime:
                 static[name] = value
         for name, t in self.initializers.items():
-            info[name] = TensorInfo(tuple(t.dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)))
+            info[name] = TensorInfo(
+                tuple(t.dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+            )
         for name in self.inputs:
             info[name] = TensorInfo(tuple(self.input_shapes[name]), feeds[name].dtype)
         return info, static

@@ -74,7 +74,9 @@ class Analysis:
                 plan = rule.plan(node, flags, model)
             except (Unsupported, ModelError) as exc:
                 problems[idx] = (node_label(node, idx), node.op_type, str(exc))
-                plan = Plan(tuple(i for i, f in enumerate(flags) if f), tuple(range(len(node.output))))
+                plan = Plan(
+                    tuple(i for i, f in enumerate(flags) if f), tuple(range(len(node.output)))
+                )
             self.plans[idx] = plan
             lin.update(node.output[j] for j in plan.lin_outputs)
         self.lin = lin
@@ -99,7 +101,11 @@ class Analysis:
             node, plan = self.model.nodes[idx], self.plans[idx]
             rule = rule_for(node)
             if plan.frozen and rule is not None:
-                out.append(UnitRecord(node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen))
+                out.append(
+                    UnitRecord(
+                        node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen
+                    )
+                )
         return out
 
 
@@ -137,7 +143,7 @@ class MaskContext:
 class LinearContext:
     """What a rule sees while emitting its linear (or affine) twin.
 
-    `c.lin(i)` is the twin of input i ([K, *s]); `c.value(i)` is input i as a frozen value (shape s).
+    `c.lin(i)` is the twin of input i ([K, *s]); `c.value(i)` is input i as a frozen value (s).
     """
 
     def __init__(self, rewrite: Rewrite, b: GraphBuilder, probe: str, affine: bool):
@@ -300,7 +306,9 @@ class Rewrite:
             node = m.nodes[idx]
             rule, plan = rule_for(node), self.analysis.plans[idx]
             ctx.node, ctx.index = node, idx
-            ctx.record = UnitRecord(node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen)
+            ctx.record = UnitRecord(
+                node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen
+            )
             self._mb.prefix = f"{node_label(node, idx)}/"
             rule.masks(node, ctx)
             for i, name in enumerate(node.input):  # frozen operands are masks too
@@ -311,14 +319,19 @@ class Rewrite:
         self._mask_types = self._infer_mask_types()
         return records
 
-    def _mask_model(self, exported: list[str]) -> onnx.ModelProto:
-        m = self.model
+    def _mask_graph(self) -> onnx.GraphProto:
+        """The original graph (MaxPool nodes may gain an Indices output) plus the mask nodes."""
         graph = onnx.GraphProto()
-        graph.CopyFrom(m.graph)
+        graph.CopyFrom(self.model.graph)
         del graph.node[:]
-        graph.node.extend(self._replaced.get(i, n) for i, n in enumerate(m.nodes))
+        graph.node.extend(self._replaced.get(i, n) for i, n in enumerate(self.model.nodes))
         graph.node.extend(self._mb.nodes)
         graph.initializer.extend(self._mb.initializers.values())
+        return graph
+
+    def _mask_model(self, exported: list[str]) -> onnx.ModelProto:
+        m = self.model
+        graph = self._mask_graph()
         listed = {o.name for o in graph.output}
         for name in exported:
             if name not in listed:
@@ -343,7 +356,9 @@ class Rewrite:
             try:
                 rule_for(node).linear(node, c)
             except Unsupported as exc:
-                raise UnsupportedModelError([(node_label(node, idx), node.op_type, str(exc))]) from None
+                raise UnsupportedModelError(
+                    [(node_label(node, idx), node.op_type, str(exc))]
+                ) from None
         b.prefix = ""
         outputs = []
         for name in m.outputs:
@@ -368,17 +383,14 @@ class Rewrite:
         return self.model.dtype(name) if name in self.model.info else self._mask_types[name][0]
 
     def _mask_shape(self, name: str):
-        return list(self.model.shape(name)) if name in self.model.info else self._mask_types[name][1]
+        return (
+            list(self.model.shape(name)) if name in self.model.info else self._mask_types[name][1]
+        )
 
     def _infer_mask_types(self) -> dict[str, tuple[np.dtype, list]]:
         """dtype and shape of every tensor the mask rules made, by ONNX shape inference."""
         m = self.model
-        graph = onnx.GraphProto()
-        graph.CopyFrom(m.graph)
-        del graph.node[:]
-        graph.node.extend(self._replaced.get(i, n) for i, n in enumerate(m.nodes))
-        graph.node.extend(self._mb.nodes)
-        graph.initializer.extend(self._mb.initializers.values())
+        graph = self._mask_graph()
         fixed = {*m.inputs, *m.initializers, *m.outputs}
         graph.value_info.extend(
             _vi(name, info.dtype, list(info.shape))
@@ -433,7 +445,9 @@ def _outputs_of(nodes) -> list[str]:
 
 
 def _vi(name: str, dtype, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
+    return helper.make_tensor_value_info(
+        name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape
+    )
 
 
 def _vi_type(vi: onnx.ValueInfoProto) -> tuple[np.dtype, list]:

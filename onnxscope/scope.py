@@ -33,7 +33,7 @@ class _Sessions:
 class LinearScope:
     """Interpret an ONNX model through its linear interpreter A_x and bias image c_x.
 
-    >>> scope = LinearScope("model.onnx")           # wrt: the input to interpret (default: first float)
+    >>> scope = LinearScope("model.onnx")  # wrt=None: interpret the first float input
     >>> it = scope.interpret(x)                     # one run of the mask graph
     >>> it.apply(z), it.bias, it.verify()           # A_x z, c_x, exactness checks
     """
@@ -130,7 +130,10 @@ class Interpretation:
     @property
     def masks(self) -> dict[str, np.ndarray]:
         """Every frozen decision and frozen value, by mask graph output name."""
-        imported = {*self._s.artifacts.linear_imports.values(), *self._s.artifacts.bias_imports.values()}
+        imported = {
+            *self._s.artifacts.linear_imports.values(),
+            *self._s.artifacts.bias_imports.values(),
+        }
         return {n: self._mask_values[n].numpy() for n in self._s.mask_outputs if n in imported}
 
     @property
@@ -154,7 +157,9 @@ class Interpretation:
         parts = []
         for start in range(0, max(len(flat), 1), self.scope.probe_batch):
             chunk = np.ascontiguousarray(flat[start : start + self.scope.probe_batch])
-            parts.append(self._run(self._s.linear, self._s.artifacts.linear_imports, {"probe": chunk}))
+            parts.append(
+                self._run(self._s.linear, self._s.artifacts.linear_imports, {"probe": chunk})
+            )
         return {
             n: np.concatenate([p[n] for p in parts]).reshape(*lead, *self.outputs[n].shape)
             for n in self.output_names
@@ -217,7 +222,10 @@ class Interpretation:
 def _leading(shape, x_shape, what) -> tuple[int, ...]:
     n = len(x_shape)
     if len(shape) < n or tuple(shape[len(shape) - n :]) != tuple(x_shape):
-        raise InputError(f"A {what} must be shaped like x {tuple(x_shape)} with leading batch dims; got {tuple(shape)}.")
+        raise InputError(
+            f"A {what} must be shaped like x {tuple(x_shape)} with leading batch dims; "
+            f"got {tuple(shape)}."
+        )
     return tuple(shape[: len(shape) - n])
 
 

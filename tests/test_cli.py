@@ -159,29 +159,43 @@ def _branch(name, op):
 
 def test_if_on_the_input_path(tmp_path):
     cond = numpy_helper.from_array(np.array(True), "cond")
-    node = helper.make_node("If", ["cond"], ["y"], then_branch=_branch("then", "Relu"),
-                            else_branch=_branch("else", "Sigmoid"))
+    node = helper.make_node(
+        "If",
+        ["cond"],
+        ["y"],
+        then_branch=_branch("then", "Relu"),
+        else_branch=_branch("else", "Sigmoid"),
+    )
     path = tmp_path / "if.onnx"
     onnx.save(small_model([node], [cond]), path)
     before = digest(path)
-    assert_one_paragraph_error(run_cli("rewrite", str(path), "-o", str(tmp_path / "o")),
-                               "(If)", "control flow")
+    assert_one_paragraph_error(
+        run_cli("rewrite", str(path), "-o", str(tmp_path / "o")), "(If)", "control flow"
+    )
     assert digest(path) == before and not (tmp_path / "o").exists()
 
 
 def test_loop_on_the_input_path(tmp_path):
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Relu", ["v_in"], ["v_out"])],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Relu", ["v_in"], ["v_out"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4, 6, 6])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4, 6, 6]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4, 6, 6]),
+        ],
     )
-    inits = [numpy_helper.from_array(np.array(2, np.int64), "trip"),
-             numpy_helper.from_array(np.array(True), "keep")]
+    inits = [
+        numpy_helper.from_array(np.array(2, np.int64), "trip"),
+        numpy_helper.from_array(np.array(True), "keep"),
+    ]
     node = helper.make_node("Loop", ["trip", "keep", "c"], ["y"], body=body)
     path = tmp_path / "loop.onnx"
     onnx.save(small_model([node], inits), path)

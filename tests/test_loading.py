@@ -18,15 +18,23 @@ B = RNG.standard_normal(4).astype(np.float32)
 def conv_relu(weights_as="initializer", x_dims=(1, 2, 6, 6), opset=17):
     nodes, inits = [], []
     if weights_as == "constant":
-        nodes += [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(W)),
-                  helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(B))]
+        nodes += [
+            helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(W)),
+            helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(B)),
+        ]
     else:
         inits += [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b")]
-    nodes += [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-              helper.make_node("Tanh", ["c"], ["y"])]
+    nodes += [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["c"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_dims))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     graph.output[0].type.tensor_type.shape.SetInParent()
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -52,8 +60,7 @@ def test_external_data(tmp_path):
     x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
     expected = reference(model, x)
     path = tmp_path / "ext.onnx"
-    onnx.save(model, path, save_as_external_data=True, location="ext.onnx.data",
-              size_threshold=0)
+    onnx.save(model, path, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
     assert (tmp_path / "ext.onnx.data").exists()
     it = onnxscope.LinearScope(str(path)).interpret(x)
     assert it.verify()["reconstruction"] <= 1e-5
@@ -133,10 +140,15 @@ def test_a_second_input_is_a_frozen_value():
         helper.make_node("Relu", ["m"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5]),
-         helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [1, 1, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])], [w])
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5]),
+            helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [1, 1, 5, 5]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     scope = onnxscope.LinearScope(model)
     assert scope.wrt == "x"

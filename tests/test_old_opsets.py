@@ -14,25 +14,53 @@ SCALES = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
 
 def model(nodes, out_shape, opset, inits=()):
     graph = helper.make_graph(
-        [helper.make_node("Tanh", ["x"], ["t"]), *nodes], "g",
+        [helper.make_node("Tanh", ["x"], ["t"]), *nodes],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))], list(inits))
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+        list(inits),
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 CASES = {
-    "upsample_nearest_9": (model([helper.make_node("Upsample", ["t", "scales"], ["y"],
-                                                   mode="nearest")], (1, 2, 8, 8), 9, [SCALES])),
-    "upsample_linear_9": (model([helper.make_node("Upsample", ["t", "scales"], ["y"],
-                                                  mode="linear")], (1, 2, 8, 8), 9, [SCALES])),
-    "resize_linear_10": (model([helper.make_node("Resize", ["t", "scales"], ["y"], mode="linear")],
-                               (1, 2, 8, 8), 10, [SCALES])),
-    "clip_attrs_9": model([helper.make_node("Clip", ["t"], ["y"], min=-0.3, max=0.5)],
-                          (1, 2, 4, 4), 9),
-    "pad_attrs_9": model([helper.make_node("Pad", ["t"], ["y"], pads=[0, 0, 1, 2, 0, 0, 2, 1],
-                                           value=0.7)], (1, 2, 7, 7), 9),
-    "slice_attrs_9": model([helper.make_node("Slice", ["t"], ["y"], starts=[1, -3], ends=[4, 4],
-                                             axes=[2, -1])], (1, 2, 3, 3), 9),
+    "upsample_nearest_9": (
+        model(
+            [helper.make_node("Upsample", ["t", "scales"], ["y"], mode="nearest")],
+            (1, 2, 8, 8),
+            9,
+            [SCALES],
+        )
+    ),
+    "upsample_linear_9": (
+        model(
+            [helper.make_node("Upsample", ["t", "scales"], ["y"], mode="linear")],
+            (1, 2, 8, 8),
+            9,
+            [SCALES],
+        )
+    ),
+    "resize_linear_10": (
+        model(
+            [helper.make_node("Resize", ["t", "scales"], ["y"], mode="linear")],
+            (1, 2, 8, 8),
+            10,
+            [SCALES],
+        )
+    ),
+    "clip_attrs_9": model(
+        [helper.make_node("Clip", ["t"], ["y"], min=-0.3, max=0.5)], (1, 2, 4, 4), 9
+    ),
+    "pad_attrs_9": model(
+        [helper.make_node("Pad", ["t"], ["y"], pads=[0, 0, 1, 2, 0, 0, 2, 1], value=0.7)],
+        (1, 2, 7, 7),
+        9,
+    ),
+    "slice_attrs_9": model(
+        [helper.make_node("Slice", ["t"], ["y"], starts=[1, -3], ends=[4, 4], axes=[2, -1])],
+        (1, 2, 3, 3),
+        9,
+    ),
 }
 
 

@@ -16,8 +16,20 @@ from .units import _operand
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}
 # ops a gate signal passes through unchanged in nature (elementwise with a constant, reshapes)
 PASS_THROUGH = {
-    "Add", "Sub", "Mul", "Div", "Neg", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
-    "Identity", "Cast", "Expand", "Tile",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Identity",
+    "Cast",
+    "Expand",
+    "Tile",
 }
 
 
@@ -38,14 +50,24 @@ def reached_through_gate(name: str, model) -> bool:
 
 def bilinear_plan(node, lin, model, a: int = 0, b: int = 1) -> tuple[int, str]:
     """For operands a and b that both carry a linear part: (the one kept linear, why)."""
-    if reached_through_gate(node.input[a], model) and not reached_through_gate(node.input[b], model):
+    if reached_through_gate(node.input[a], model) and not reached_through_gate(
+        node.input[b], model
+    ):
         return b, f"gate operand '{node.input[a]}' frozen (float)"
     gate = "gate operand" if reached_through_gate(node.input[b], model) else "operand"
     return a, f"{gate} '{node.input[b]}' frozen (float)"
 
 
+def product_plan(node, lin, model) -> Plan:
+    """A product of inputs 0 and 1: carry the one with a linear part; freeze one if both have."""
+    if lin[0] and lin[1]:
+        keep, why = bilinear_plan(node, lin, model)
+        return Plan((keep,), (0,), why, "gate")
+    return Plan((0,) if lin[0] else (1,), (0,))
+
+
 class Sum(Rule):
-    """Add, Sub, Sum, Mean: the twin sums the twins; values are dropped (kept in the affine twin)."""
+    """Add, Sub, Sum, Mean: the twin sums the twins; values drop out (kept in the affine twin)."""
 
     def linear(self, node, c) -> None:
         rank = len(c.out_shape())
@@ -78,10 +100,7 @@ class Neg(Rule):
 class Mul(Rule):
     # y = a * v with v a value (or a frozen operand)
     def plan(self, node, lin, model) -> Plan:
-        if lin[0] and lin[1]:
-            keep, why = bilinear_plan(node, lin, model)
-            return Plan((keep,), (0,), why, "gate")
-        return Plan((0,) if lin[0] else (1,), (0,))
+        return product_plan(node, lin, model)
 
     def linear(self, node, c) -> None:
         rank = len(c.out_shape())
@@ -95,8 +114,12 @@ class Div(Rule):
     def plan(self, node, lin, model) -> Plan:
         if not lin[0]:
             return Plan((), ())  # c / u(x): frozen entirely, a value
-        return Plan((0,), (0,), f"denominator '{node.input[1]}' frozen (float)" if lin[1] else "",
-                    "gate" if lin[1] else "")
+        return Plan(
+            (0,),
+            (0,),
+            f"denominator '{node.input[1]}' frozen (float)" if lin[1] else "",
+            "gate" if lin[1] else "",
+        )
 
     def linear(self, node, c) -> None:
         rank = len(c.out_shape())
@@ -114,10 +137,7 @@ def _as_matrix(shape, left: bool) -> list[int]:
 class MatMul(Rule):
     # Forward: [..., m, k] @ [..., k, n] -> [..., m, n]; one operand is a value (or frozen)
     def plan(self, node, lin, model) -> Plan:
-        if lin[0] and lin[1]:
-            keep, why = bilinear_plan(node, lin, model)
-            return Plan((keep,), (0,), why, "gate")
-        return Plan((0,) if lin[0] else (1,), (0,))
+        return product_plan(node, lin, model)
 
     def linear(self, node, c) -> None:
         i = 0 if c.has_lin(0) else 1

@@ -116,7 +116,10 @@ class GroupNorm(Normalization):
             v = c.value(i)
             if c.model.opset < 21 and channels != groups:  # opset 18: one value per group
                 v = c.b.reshape(
-                    c.b.op("Expand", [c.b.reshape(v, [groups, 1]), c.b.ints([groups, channels // groups])]),
+                    c.b.op(
+                        "Expand",
+                        [c.b.reshape(v, [groups, 1]), c.b.ints([groups, channels // groups])],
+                    ),
                     [channels],
                 )
             out.append(c.b.reshape(v, shape, "scale" if i == 1 else "bias"))

@@ -47,7 +47,9 @@ class Dropout(DataOnly):
         c.set_out(c.lin(0))
 
 
-FLOAT_TYPES = {helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in ("float16", "float32", "float64")}
+FLOAT_TYPES = {
+    helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in ("float16", "float32", "float64")
+}
 FLOAT_TYPES.add(16)  # bfloat16
 
 
@@ -82,8 +84,14 @@ class AxisShifted(DataOnly):
 class Split(AxisShifted):
     def linear(self, node, c) -> None:
         rest = [c.value(i) if node.input[i] else "" for i in range(1, len(node.input))]
-        outs = c.b.op("Split", [c.lin(0), *rest], "part", outputs=len(node.output),
-                      attrs=node.attribute, axis=self.shifted_axis(node, c))
+        outs = c.b.op(
+            "Split",
+            [c.lin(0), *rest],
+            "part",
+            outputs=len(node.output),
+            attrs=node.attribute,
+            axis=self.shifted_axis(node, c),
+        )
         for j, name in enumerate(outs if isinstance(outs, list) else [outs]):
             c.set_out(name, j)
 
@@ -117,7 +125,9 @@ class Slice(DataOnly):
         if c.model.opset < 10:  # starts, ends and axes are attributes
             starts, ends = attr(node, "starts"), attr(node, "ends")
             axes = attr(node, "axes") or list(range(len(starts)))
-            c.set_out(c.b.slice(c.lin(0), starts, ends, [normalize_axis(a, rank) + 1 for a in axes]))
+            c.set_out(
+                c.b.slice(c.lin(0), starts, ends, [normalize_axis(a, rank) + 1 for a in axes])
+            )
             return
         axes = c.static(3).tolist() if _has(node, 3) else list(range(c.in_shape(1)[0]))
         inputs = [c.lin(0), c.value(1), c.value(2)]
@@ -136,8 +146,11 @@ class Pad(DataOnly):
             pads, axes, value = list(attr(node, "pads")), list(range(rank)), None
         else:
             pads = c.static(1).astype(np.int64).tolist()
-            axes = [normalize_axis(a, rank) for a in c.static(3).tolist()] if _has(node, 3) \
+            axes = (
+                [normalize_axis(a, rank) for a in c.static(3).tolist()]
+                if _has(node, 3)
                 else list(range(rank))
+            )
             value = c.value(2) if _has(node, 2) else None
         begin, end = [0] * rank, [0] * rank
         for k, a in enumerate(axes):
@@ -177,8 +190,11 @@ class Resize(DataOnly):
         extra = {}
         if attr(node, "coordinate_transformation_mode") == "tf_crop_and_resize" and not c.affine:
             extra["extrapolation_value"] = 0.0  # the fill value is a constant: bias only
-        c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), "Resize",
-                               [roi, scales, sizes], **extra))
+        c.set_out(
+            c.per_sample(
+                c.lin(0), c.in_shape(0), c.out_shape(), "Resize", [roi, scales, sizes], **extra
+            )
+        )
 
 
 def _batch_scale_is_one(c, i: int) -> None:
@@ -202,7 +218,25 @@ class Tile(DataOnly):
 
 # Piecewise-constant and integer-valued ops, and shape queries: their linear part is zero.
 register(
-    "Shape", "Size", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "ArgMax",
-    "ArgMin", "Sign", "Floor", "Ceil", "Round", "IsNaN", "IsInf", "Not", "And", "Or", "Xor",
-    "ConstantOfShape", "EyeLike",
+    "Shape",
+    "Size",
+    "Equal",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "ArgMax",
+    "ArgMin",
+    "Sign",
+    "Floor",
+    "Ceil",
+    "Round",
+    "IsNaN",
+    "IsInf",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "ConstantOfShape",
+    "EyeLike",
 )(ValueRule)

@@ -197,8 +197,11 @@ class HardSigmoid(PiecewiseUnit):
     def state(self, node, m):
         dt = m.dtype(_u(node))
         a, b = attr(node, "alpha", 0.2), attr(node, "beta", 0.5)
-        v = m.b.op("Add", [m.b.op("Mul", [_u(node), m.b.const(np.asarray(a, dt))]),
-                           m.b.const(np.asarray(b, dt))], "v")
+        v = m.b.op(
+            "Add",
+            [m.b.op("Mul", [_u(node), m.b.const(np.asarray(a, dt))]), m.b.const(np.asarray(b, dt))],
+            "v",
+        )
         return _three_state(m, v, m.b.const(np.asarray(0, dt)), m.b.const(np.asarray(1, dt)))
 
     def pieces(self, node, c):
@@ -295,8 +298,11 @@ class Pow(PowerUnit):
     def plan(self, node, lin, model) -> Plan:
         if not lin[0]:
             raise Unsupported("an input-dependent exponent (c^u) has no rule")
-        return Plan((0,), (0,), "secant gain (float, y/u); exponent frozen" if lin[1] else
-                    "secant gain (float, y/u)")
+        return Plan(
+            (0,),
+            (0,),
+            "secant gain (float, y/u); exponent frozen" if lin[1] else "secant gain (float, y/u)",
+        )
 
 
 # --- softmax: exp with its normalizer frozen ------------------------------------------------
@@ -397,7 +403,7 @@ class Selection(Rule):
 
 
 def _operand(c, i: int, rank: int) -> str:
-    """Input i as [K, ...] aligned to `rank`: its twin, or 0/its value when it has no linear part."""
+    """Input i as [K, ...] aligned to `rank`: its twin, else 0 (or its value when affine)."""
     if c.has_lin(i):
         return c.aligned(i, rank)
     if c.affine:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import nn
-
 from onnxscope.converters.pytorch import export
+from torch import nn
 
 
 class SqueezeExcite(nn.Module):
@@ -30,10 +29,16 @@ class SqueezeExcite(nn.Module):
 class TinyNet(nn.Module):
     def __init__(self, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                  nn.MaxPool2d(2))
-        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16),
-                                   nn.Hardswish(), SqueezeExcite(16), nn.Conv2d(16, 16, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+            nn.BatchNorm2d(16),
+            nn.Hardswish(),
+            SqueezeExcite(16),
+            nn.Conv2d(16, 16, 1),
+        )
         self.head = nn.Linear(16, classes)
 
     def forward(self, x):
