@@ -51,16 +51,14 @@ class MaskContext:
         return name  # in the mask graph every original tensor is available as it is
 
 
-class LinearContext:
-    """What a rule sees while emitting its linear (or affine) twin.
+class TwinContext:
+    """Shared by the linear, affine and adjoint contexts: values, masks, shapes, probe count."""
 
-    `c.lin(i)` is the twin of input i ([K, *s]); `c.value(i)` is input i as a frozen value (s).
-    """
+    affine = False
 
-    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probe: str, affine: bool):
-        self.rw, self.model, self.b, self.affine = rewrite, rewrite.model, b, affine
-        self.env: dict[str, str] = {rewrite.wrt: probe}
-        self.imports: dict[str, str] = {}  # linear-graph input name -> mask-graph output name
+    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probe: str):
+        self.rw, self.model, self.b = rewrite, rewrite.model, b
+        self.imports: dict[str, str] = {}  # graph input name -> mask-graph output name
         self._imported: dict[str, str] = {}
         self._probe = probe
         self._batch: str | None = None
@@ -68,13 +66,9 @@ class LinearContext:
         self.plan: Plan
         self.record: UnitRecord | None = None
 
-    # -- inputs of the current node ------------------------------------------------------------
     def has_lin(self, i: int) -> bool:
         """Whether input i's linear part flows through this node (its plan carries it)."""
         return i in self.plan.carried
-
-    def lin(self, i: int) -> str:
-        return self.env[self.node.input[i]]
 
     def value(self, i: int) -> str:
         return self.value_of(self.node.input[i])
@@ -93,7 +87,7 @@ class LinearContext:
         return self._import(self.record.masks[label], self.record.masks[label])
 
     def _import(self, key: str, source: str) -> str:
-        """A linear-graph input fed by the mask-graph output `source` (same name when possible)."""
+        """A graph input fed by the mask-graph output `source` (same name when possible)."""
         if key not in self._imported:
             name = self.b.fresh(source) if source in self.model.outputs else source
             self._imported[key] = name
@@ -115,31 +109,16 @@ class LinearContext:
     def dtype(self, i: int = 0):
         return self.model.dtype(self.node.input[i])
 
-    def set_out(self, name: str, j: int = 0) -> None:
-        self.env[self.node.output[j]] = name
+    def const(self, value, i: int = 0) -> str:
+        """A constant of input i's dtype."""
+        return self.b.const(np.asarray(value, dtype=self.dtype(i)))
 
-    # -- layout helpers ------------------------------------------------------------------------
     def batch(self) -> str:
         """A 1-D int64 tensor [K]: the number of probes."""
         if self._batch is None:
             shape = self.b.op("Shape", [self._probe], "probe_shape")
             self._batch = self.b.slice(shape, [0], [1], [0], "num_probes")
         return self._batch
-
-    def aligned(self, i: int, rank: int) -> str:
-        """lin(i) reshaped to [K, 1, ..., 1, *s] with `rank` dims after K (for broadcasting)."""
-        s = self.in_shape(i)
-        if len(s) == rank:
-            return self.lin(i)
-        return self.b.reshape(self.lin(i), [-1, *([1] * (rank - len(s))), *s])
-
-    def expand(self, x: str, shape: tuple[int, ...], target: tuple[int, ...]) -> str:
-        """x ([K, *shape]) broadcast to [K, *target]."""
-        if tuple(shape) == tuple(target):
-            return x
-        if len(shape) < len(target):
-            x = self.b.reshape(x, [-1, *([1] * (len(target) - len(shape))), *shape])
-        return self.b.op("Expand", [x, self.b.ints([1, *target])], "expand")
 
     def broadcast(self, value: str, target: tuple[int, ...]) -> str:
         """A value of (broadcastable) shape s as [K, *target]."""
@@ -149,6 +128,50 @@ class LinearContext:
     def zeros(self, shape: tuple[int, ...], dtype) -> str:
         return self.broadcast(self.b.const(np.zeros((), dtype)), shape)
 
+    def pad_rank(self, x: str, shape: tuple[int, ...], rank: int) -> str:
+        """x ([K, *shape]) reshaped to [K, 1, ..., 1, *shape] with `rank` dims after K."""
+        if len(shape) >= rank:
+            return x
+        return self.b.reshape(x, [-1, *([1] * (rank - len(shape))), *shape])
+
+    def per_sample(self, x: str, in_shape, out_shape, op_type: str, rest=(), **attrs) -> str:
+        """Apply a batched op (Conv, pooling, Resize...) to [K, N, ...] by folding K into N.
+
+        The node's attributes are copied; keyword attributes override them (None drops one).
+        """
+        folded = self.b.reshape(x, [-1, *in_shape[1:]], "fold")
+        y = self.b.op(op_type, [folded, *rest], op_type.lower(), attrs=self.node.attribute, **attrs)
+        return self.b.reshape(y, [-1, *out_shape], "unfold")
+
+
+class LinearContext(TwinContext):
+    """What a rule sees while emitting its linear (or affine) twin.
+
+    `c.lin(i)` is the twin of input i ([K, *s]); `c.value(i)` is input i as a frozen value (s).
+    """
+
+    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probe: str, affine: bool):
+        super().__init__(rewrite, b, probe)
+        self.affine = affine
+        self.env: dict[str, str] = {rewrite.wrt: probe}
+
+    def lin(self, i: int) -> str:
+        return self.env[self.node.input[i]]
+
+    def set_out(self, name: str, j: int = 0) -> None:
+        self.env[self.node.output[j]] = name
+
+    def aligned(self, i: int, rank: int) -> str:
+        """lin(i) reshaped to [K, 1, ..., 1, *s] with `rank` dims after K (for broadcasting)."""
+        return self.pad_rank(self.lin(i), self.in_shape(i), rank)
+
+    def expand(self, x: str, shape: tuple[int, ...], target: tuple[int, ...]) -> str:
+        """x ([K, *shape]) broadcast to [K, *target]."""
+        if tuple(shape) == tuple(target):
+            return x
+        x = self.pad_rank(x, shape, len(target))
+        return self.b.op("Expand", [x, self.b.ints([1, *target])], "expand")
+
     def lin_or_zeros(self, i: int) -> str:
         """lin(i) if input i has a linear part; else 0 (linear) or the value (affine)."""
         if self.has_lin(i):
@@ -157,8 +180,49 @@ class LinearContext:
             return self.broadcast(self.value(i), self.in_shape(i))
         return self.zeros(self.in_shape(i), self.dtype(i))
 
-    def per_sample(self, x: str, in_shape, out_shape, op_type: str, rest=(), **attrs) -> str:
-        """Apply a batched op (Conv, pooling, Resize...) to [K, N, ...] by folding K into N."""
-        folded = self.b.reshape(x, [-1, *in_shape[1:]], "fold")
-        y = self.b.op(op_type, [folded, *rest], op_type.lower(), attrs=self.node.attribute, **attrs)
-        return self.b.reshape(y, [-1, *out_shape], "unfold")
+
+class AdjointContext(TwinContext):
+    """What a rule sees while emitting its adjoint: cotangents flow from outputs to inputs.
+
+    `a.grad(j)` is the cotangent of output j ([K, *out_j]) or None when nothing reaches it;
+    `a.add_grad(i, g)` adds g ([K, *in_i]) to input i's cotangent (fan-out is summed here).
+    """
+
+    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probes: dict[str, str]):
+        super().__init__(rewrite, b, next(iter(probes.values())))
+        self._parts: dict[str, list[str]] = {name: [p] for name, p in probes.items()}
+        self._totals: dict[str, str | None] = {}
+
+    def total(self, tensor: str) -> str | None:
+        """The summed cotangent of a tensor (None if no contribution reached it)."""
+        if tensor not in self._totals:
+            parts = self._parts.get(tensor, [])
+            if len(parts) > 1:
+                self._totals[tensor] = self.b.op("Sum", parts, "cotangent")
+            else:
+                self._totals[tensor] = parts[0] if parts else None
+        return self._totals[tensor]
+
+    def grad(self, j: int = 0) -> str | None:
+        return self.total(self.node.output[j])
+
+    def grad_or_zeros(self, j: int) -> str:
+        g = self.grad(j)
+        return g if g is not None else self.zeros(self.out_shape(j), self.dtype(0))
+
+    def add_grad(self, i: int, g: str) -> None:
+        name = self.node.input[i]
+        if name in self._totals:
+            raise RuntimeError(f"internal error: cotangent of '{name}' used before complete")
+        self._parts.setdefault(name, []).append(g)
+
+    def unbroadcast(self, g: str, shape: tuple[int, ...], target: tuple[int, ...]) -> str:
+        """The adjoint of broadcasting [K, *target] to [K, *shape]: sum over the copies."""
+        shape, target = tuple(shape), tuple(target)
+        if shape == target:
+            return g
+        padded = (1,) * (len(shape) - len(target)) + target
+        axes = [k + 1 for k, (s, t) in enumerate(zip(shape, padded)) if t == 1 and s != 1]
+        if axes:
+            g = self.b.reduce("ReduceSum", g, axes, True, "unbroadcast")
+        return self.b.reshape(g, [-1, *target], "unbroadcast")

@@ -57,7 +57,7 @@ def _input_vi(name: str, spec) -> onnx.ValueInfoProto:
 def make_model(
     nodes: Sequence[str | onnx.NodeProto],
     inputs: Mapping[str, object],
-    outputs: Sequence[str] | None = None,
+    outputs: Sequence[str | tuple] | None = None,
     inits: Mapping[str, np.ndarray] | None = None,
     opset: int = DEFAULT_OPSET,
     domains: Mapping[str, int] | None = None,
@@ -67,7 +67,8 @@ def make_model(
 
     nodes: `onnx.parser` node lines or NodeProtos, in topological order.
     inputs: {name: shape} (float32) or {name: (shape, dtype)} or {name: ValueInfoProto}.
-    outputs: graph outputs; default: the outputs of the last node.
+    outputs: graph output names, or (name, shape) / (name, shape, dtype) to give a type where
+        neither shape inference nor ONNX Runtime can (a custom op); default: the last node's outputs.
     inits: {name: array} initializers.
     domains: extra operator sets, e.g. {"com.microsoft": 1}.
 
@@ -77,6 +78,9 @@ def make_model(
     nodes = [node(n) for n in nodes]
     if outputs is None:
         outputs = [o for o in nodes[-1].output if o]
+    typed = {o[0]: _input_vi(o[0], o[1] if len(o) == 2 else (o[1], o[2]))
+             for o in outputs if isinstance(o, tuple)}
+    outputs = [o[0] if isinstance(o, tuple) else o for o in outputs]
     inits = dict(inits or {})
     opsets = [helper.make_opsetid("", opset)]
     opsets += [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
@@ -84,7 +88,7 @@ def make_model(
         nodes,
         "g",
         [_input_vi(n, s) for n, s in inputs.items()],
-        [onnx.ValueInfoProto(name=o) for o in outputs],
+        [typed.get(o) or onnx.ValueInfoProto(name=o) for o in outputs],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
     )
     model = helper.make_model(graph, opset_imports=opsets)
@@ -106,6 +110,8 @@ def _fill_output_types(model: onnx.ModelProto) -> None:
         known = {}
     missing = []
     for out in model.graph.output:
+        if out.type.tensor_type.HasField("shape"):  # given by the caller
+            continue
         vi = known.get(out.name)
         if vi is not None and vi.type.tensor_type.HasField("shape") and all(
             d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim

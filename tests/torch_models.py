@@ -71,7 +71,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         identity = x if self.down is None else self.down(x)
@@ -90,7 +92,9 @@ class TinyResNet(nn.Module):
             nn.MaxPool2d(3, 2, 1),
         )
         self.layer1 = nn.Sequential(BasicBlock(width, width), BasicBlock(width, width))
-        self.layer2 = nn.Sequential(BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 2 * width))
+        self.layer2 = nn.Sequential(
+            BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 2 * width)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * width, num_classes)
 
@@ -203,7 +207,8 @@ class ResnetBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         self.block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c, affine=True), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c, affine=True),
+            nn.ReLU(True),
             nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c, affine=True),
         )
 
@@ -215,7 +220,8 @@ class TinyCycleGANGenerator(nn.Module):
     def __init__(self, c: int = 3, ngf: int = 8, n_blocks: int = 2):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(c, ngf, 7), nn.InstanceNorm2d(ngf, affine=True), nn.ReLU(True),
+            nn.ReflectionPad2d(3), nn.Conv2d(c, ngf, 7), nn.InstanceNorm2d(ngf, affine=True),
+            nn.ReLU(True),
         ]
         for i in range(2):
             m = 2**i
@@ -328,7 +334,9 @@ class MBConv(nn.Module):
 class TinyEfficientNet(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU()
+        )
         self.blocks = nn.Sequential(MBConv(8, 8, 1, 1), MBConv(8, 12, 4, 2), MBConv(12, 12, 4, 1))
         self.head = nn.Sequential(nn.Conv2d(12, 32, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU())
         self.fc = nn.Linear(32, num_classes)
@@ -456,16 +464,30 @@ _REFUSED = {torch.erf, F.softmax, F.elu, F.softplus, F.mish, torch.exp, torch.sq
             F.hardtanh, torch.max, torch.amax, F.max_pool1d, F.max_pool3d, F.group_norm}
 
 
+def _sigmoid_secant(u):
+    u0 = u[:1]
+    safe = torch.where(u0.abs() < 1e-12, torch.ones_like(u0), u0)
+    near = u0.abs() < 1e-12
+    gain = torch.where(near, torch.full_like(u0, 0.25), (torch.sigmoid(safe) - 0.5) / safe)
+    return gain * u + 0.5
+
+
 class _FreezeAtFirst(TorchFunctionMode):
+    """torch.sigmoid is a gate (frozen to its value at x) when called from functional code, as in
+    squeeze-excitation; inside an nn.Sigmoid module it is a unit of its own, with a secant gain."""
+
     def __init__(self):
         super().__init__()
         self.hits: dict[str, int] = {}
+        self.in_sigmoid_module = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _REFUSED:
             raise NotImplementedError(f"reference interpreter: no frozen rule for {func}")
         rule = _FROZEN_RULES.get(func)
+        if func is torch.sigmoid and self.in_sigmoid_module:
+            rule = _sigmoid_secant
         if rule is None:
             return func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
@@ -484,9 +506,44 @@ def reference_interpreter(module: nn.Module, x: torch.Tensor, z: torch.Tensor,
     batch = torch.cat([x.to(dtype), z.reshape(k * x.shape[0], *x.shape[1:]).to(dtype),
                        torch.zeros_like(x, dtype=dtype)])
     mode = _FreezeAtFirst()
+
+    def enter(*_):
+        mode.in_sigmoid_module += 1
+
+    def leave(*_):
+        mode.in_sigmoid_module -= 1
+
+    for m in ref.modules():
+        if isinstance(m, nn.Sigmoid):
+            m.register_forward_pre_hook(enter)
+            m.register_forward_hook(leave)
     with torch.no_grad(), mode:
         out = ref(batch)
     n = x.shape[0]
     assert n == 1, "element 0 of the batch carries the decisions"
     f, probes, c = out[:n], out[n:-n], out[-n:]
     return f, (probes - c).reshape(k, *f.shape), c, mode.hits
+
+
+# -- a segmentation-style sigmoid head (a smooth unit with f(0) ≠ 0) ---------------------------
+class SigmoidHead(nn.Module):
+    """A 1x1 conv read-out (identity weights, zero bias) followed by nn.Sigmoid: the per-pixel
+    probability head of a segmenter, reduced so that A_x is the diagonal of secant gains."""
+
+    def __init__(self, channels: int = 2):
+        super().__init__()
+        self.readout = nn.Conv2d(channels, channels, 1)
+        with torch.no_grad():
+            self.readout.weight.copy_(torch.eye(channels).reshape(channels, channels, 1, 1))
+            self.readout.bias.zero_()
+        self.act = nn.Sigmoid()
+
+    def forward(self, x):
+        return self.act(self.readout(x))
+
+
+def small_logits_input(channels: int = 2, side: int = 4) -> torch.Tensor:
+    """Logits of both signs spanning 1e-4 … 1: the range where a probability head is undecided."""
+    mags = torch.logspace(-3.8, 0, channels * side * side // 2, dtype=torch.float64)
+    vals = torch.stack([mags, -mags], 1).reshape(-1)
+    return vals.reshape(1, channels, side, side).to(torch.float32)

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
 
-SECANT_EPS = 1e-4  # |u| below this uses the limit f'(0); the error there is ~ f''(0) * eps^2 / 2
+# |u| below this uses the limit f'(0) (relative gain error there ~ |f''(0)/f'(0)| * eps / 2)
+SECANT_EPS = 1e-6
 
 
 def _const(c, value, i=0):
@@ -232,12 +233,15 @@ class SecantUnit(Rule):
     def d0(self, node) -> float:
         raise NotImplementedError
 
+    def rise(self, node, m, u: str, y: str) -> str:
+        """f(u) - f(0) without cancellation; overridden where f(0) != 0 (or f has an exp)."""
+        f0 = self.f0(node)
+        return m.b.op("Sub", [y, m.b.const(np.asarray(f0, m.dtype(u)))], "rise") if f0 else y
+
     def masks(self, node, m) -> None:
         u, y = node.input[0], node.output[0]
-        dt = m.dtype(u)
-        k = lambda v: m.b.const(np.asarray(v, dt))  # noqa: E731
-        rise = m.b.op("Sub", [y, k(self.f0(node))], "rise") if self.f0(node) else y
-        secant = m.b.op("Div", [rise, u], "secant")
+        k = lambda v: m.b.const(np.asarray(v, m.dtype(u)))  # noqa: E731
+        secant = m.b.op("Div", [self.rise(node, m, u, y), u], "secant")
         if self.eps:
             near = m.b.op("Less", [m.b.op("Abs", [u], "abs_u"), k(self.eps)], "near_zero")
         else:
@@ -251,25 +255,91 @@ class SecantUnit(Rule):
         c.set_out(y)
 
 
-def _secant(op: str, f0, d0):
-    """Register a smooth unit by its value and slope at 0 (functions of the node's attributes)."""
+def _secant(op: str, f0, d0, rise=None):
+    """Register a smooth unit by its value and slope at 0 (functions of the node's attributes),
+    and optionally an accurate f(u) - f(0) (a function of node, mask context, u, y)."""
+    body = {"f0": lambda self, n: f0(n), "d0": lambda self, n: d0(n)}
+    if rise is not None:
+        body["rise"] = lambda self, n, m, u, y: rise(n, m, u, y)
+    register(op)(type(op, (SecantUnit,), body))
 
-    cls = type(op, (SecantUnit,), {"f0": lambda self, n: f0(n), "d0": lambda self, n: d0(n)})
-    register(op)(cls)
-    return cls
+
+def _in_double(m, u: str, build) -> str:
+    """Evaluate build(b, u64) in float64 and cast back: no cancellation in exp(u) - 1."""
+    to = _onnx_type(m.dtype(u))
+    u64 = m.b.op("Cast", [u], "u64", to=11)
+    return m.b.op("Cast", [build(m.b, u64)], "rise", to=to)
 
 
-_secant("Sigmoid", lambda n: 0.5, lambda n: 0.25)
+def _expm1(b, v: str) -> str:
+    return b.op("Sub", [b.op("Exp", [v]), b.const(np.float64(1))], "expm1")
+
+
+def _negative_side(m, u: str, slope: float, scale: float, inner: float) -> str:
+    """rise of Elu/Celu/Selu: scale * (u if u > 0 else slope * expm1(u / inner))."""
+    neg = _in_double(
+        m,
+        u,
+        lambda b, v: b.op(
+            "Mul",
+            [_expm1(b, b.op("Div", [v, b.const(np.float64(inner))])), b.const(np.float64(slope))],
+        ),
+    )
+    zero = m.b.const(np.asarray(0, m.dtype(u)))
+    y = m.b.op("Where", [m.b.op("Greater", [u, zero]), u, neg], "rise")
+    return m.b.op("Mul", [y, m.b.const(np.asarray(scale, m.dtype(u)))]) if scale != 1 else y
+
+
+def _softplus_rise(b, v: str) -> str:
+    # softplus(u) - log 2 = max(u, 0) + log(1 + exp(-|u|)) - log 2, evaluated in float64
+    tail = b.op(
+        "Log",
+        [b.op("Add", [b.const(np.float64(1)), b.op("Exp", [b.op("Neg", [b.op("Abs", [v])])])])],
+    )
+    return b.op("Sub", [b.op("Add", [b.op("Relu", [v]), tail]), b.const(np.float64(math.log(2)))])
+
+
+def _sigmoid_rise(n, m, u, y):
+    # sigmoid(u) - 1/2 = tanh(u/2) / 2
+    half = m.b.const(np.asarray(0.5, m.dtype(u)))
+    return m.b.op("Mul", [m.b.op("Tanh", [m.b.op("Mul", [u, half])]), half], "rise")
+
+
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+
+_secant("Sigmoid", lambda n: 0.5, lambda n: 0.25, _sigmoid_rise)
 _secant("Tanh", lambda n: 0.0, lambda n: 1.0)
 _secant("Erf", lambda n: 0.0, lambda n: 2.0 / math.sqrt(math.pi))
-_secant("Elu", lambda n: 0.0, lambda n: 1.0)
-_secant("Celu", lambda n: 0.0, lambda n: 1.0)
-_secant("Selu", lambda n: 0.0, lambda n: float(attr(n, "gamma", 1.0507009873554805)))
-_secant("Softplus", lambda n: math.log(2.0), lambda n: 0.5)
+_secant(
+    "Elu",
+    lambda n: 0.0,
+    lambda n: 1.0,
+    lambda n, m, u, y: _negative_side(m, u, attr(n, "alpha", 1.0), 1.0, 1.0),
+)
+_secant(
+    "Celu",
+    lambda n: 0.0,
+    lambda n: 1.0,
+    lambda n, m, u, y: _negative_side(m, u, attr(n, "alpha", 1.0), 1.0, attr(n, "alpha", 1.0)),
+)
+_secant(
+    "Selu",
+    lambda n: 0.0,
+    lambda n: float(attr(n, "gamma", SELU_GAMMA)),
+    lambda n, m, u, y: _negative_side(
+        m, u, attr(n, "alpha", SELU_ALPHA), attr(n, "gamma", SELU_GAMMA), 1.0
+    ),
+)
+_secant(
+    "Softplus",
+    lambda n: math.log(2.0),
+    lambda n: 0.5,
+    lambda n, m, u, y: _in_double(m, u, _softplus_rise),
+)
 _secant("Softsign", lambda n: 0.0, lambda n: 1.0)
 _secant("Gelu", lambda n: 0.0, lambda n: 0.5)
 _secant("Mish", lambda n: 0.0, lambda n: math.tanh(math.log(2.0)))
-_secant("Exp", lambda n: 1.0, lambda n: 1.0)
+_secant("Exp", lambda n: 1.0, lambda n: 1.0, lambda n, m, u, y: _in_double(m, u, _expm1))
 _secant("HardSwish", lambda n: 0.0, lambda n: 0.5)
 
 
