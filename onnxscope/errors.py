@@ -22,11 +22,11 @@ class Unsupported(OnnxscopeError):
 class UnsupportedModelError(ModelError):
     """The model contains nodes onnxscope has no rule for; `problems` lists (node, op, why)."""
 
-    def __init__(self, problems: list[tuple[str, str, str]]):
+    def __init__(self, problems: list[tuple[str, str, str]], what: str = "linearization"):
         self.problems = problems
         lines = "; ".join(f"node '{n}' ({op}): {why}" for n, op, why in problems)
         super().__init__(
             f"Cannot interpret this model: {len(problems)} node(s) on the path from the input to "
-            f"the outputs have no exact linearization. {lines}. "
+            f"the outputs have no exact {what}. {lines}. "
             "Run `onnxscope inspect MODEL` for the full table of units and problems."
         )

@@ -7,6 +7,8 @@ A rule answers three questions about one node (the driver owns everything graph-
   selection). Only called for nodes on a linear path to an output.
 - `linear`: the node's linear twin in the linear graph, or its affine twin when `c.affine` is set
   (biases and intercepts kept), used to compute the bias image at z = 0.
+- `adjoint`: the transpose of the linear twin, from the cotangents of the node's outputs to those
+  of its carried inputs (the driver sums contributions where a tensor fans out).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class Rule:
 
     def linear(self, node: onnx.NodeProto, c) -> None:
         raise NotImplementedError
+
+    def adjoint(self, node: onnx.NodeProto, a) -> None:
+        """Add A^T of this node to its carried inputs' cotangents (`a.add_grad(i, g)`)."""
+        raise Unsupported(f"no adjoint rule for {node.op_type} yet")
 
 
 class ValueRule(Rule):

@@ -22,12 +22,15 @@ from onnx import helper
 
 from . import rules  # noqa: F401  (registers every rule)
 from .builder import GraphBuilder
-from .contexts import LinearContext, MaskContext
+from .contexts import AdjointContext, LinearContext, MaskContext
 from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
 from .model import CONTROL_FLOW_OPS, AnalyzedModel, subgraph_reads
 from .registry import Plan, rule_for
 
 PROBE = "probe"
+# The adjoint graph holds only nodes onnxscope makes, so it may use a newer opset than the
+# model: ScatterElements with reduction="add" (the adjoint of a selection) needs 16.
+ADJOINT_MIN_OPSET = 16
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -120,14 +123,21 @@ class Artifacts:
     manifest: dict
     linear_imports: dict[str, str]  # linear graph input -> mask graph output
     bias_imports: dict[str, str]
+    adjoint: onnx.ModelProto | None = None  # None when some op has no adjoint rule yet
+    adjoint_imports: dict[str, str] = field(default_factory=dict)
+    adjoint_probes: dict[str, str] = field(default_factory=dict)  # model output -> graph input
+    adjoint_error: str | None = None
 
     def files(self) -> dict[str, bytes]:
-        return {
+        files = {
             "mask.onnx": self.mask.SerializeToString(),
             "linear.onnx": self.linear.SerializeToString(),
             "bias.onnx": self.bias.SerializeToString(),
-            "manifest.json": json.dumps(self.manifest, indent=2).encode(),
         }
+        if self.adjoint is not None:
+            files["adjoint.onnx"] = self.adjoint.SerializeToString()
+        files["manifest.json"] = json.dumps(self.manifest, indent=2).encode()
+        return files
 
 
 class Rewrite:
@@ -144,14 +154,35 @@ class Rewrite:
         taken |= set(m.inputs)
         records = self._masks(taken)
         mask_outputs = [o for rec in records.values() for o in rec.masks.values()]
-        lin_model, lin_imports = self._twin(records, taken | set(mask_outputs), affine=False)
-        bias_model, bias_imports = self._twin(records, taken | set(mask_outputs), affine=True)
-        exported = list(dict.fromkeys([*lin_imports.values(), *bias_imports.values()]))
-        mask_model = self._mask_model(exported)
+        taken |= set(mask_outputs)
+        lin_model, lin_imports = self._twin(records, taken, affine=False)
+        bias_model, bias_imports = self._twin(records, taken, affine=True)
+        adjoint, adj_imports, adj_probes, adj_error = None, {}, {}, None
+        try:
+            adjoint, adj_imports, adj_probes = self._adjoint(records, taken)
+        except UnsupportedModelError as exc:
+            adj_error = str(exc)
+        imports = [*lin_imports.values(), *bias_imports.values(), *adj_imports.values()]
+        mask_model = self._mask_model(list(dict.fromkeys(imports)))
         manifest = self._manifest(records, mask_model)
         manifest["linear_inputs"] = {"probe": PROBE, "masks": lin_imports}
         manifest["bias_inputs"] = {"masks": bias_imports}
-        return Artifacts(mask_model, lin_model, bias_model, manifest, lin_imports, bias_imports)
+        if adjoint is not None:
+            manifest["adjoint_inputs"] = {"probes": adj_probes, "masks": adj_imports}
+        else:
+            manifest["adjoint_unavailable"] = adj_error
+        return Artifacts(
+            mask_model,
+            lin_model,
+            bias_model,
+            manifest,
+            lin_imports,
+            bias_imports,
+            adjoint,
+            adj_imports,
+            adj_probes,
+            adj_error,
+        )
 
     # -- mask graph ----------------------------------------------------------------------------
     def _masks(self, taken: set[str]) -> dict[int, UnitRecord]:
@@ -236,6 +267,46 @@ class Rewrite:
         )
         return _model_like(m.model, graph, "bias" if affine else "linear"), dict(c.imports)
 
+    def _adjoint(self, records, taken):
+        """The adjoint graph: output-space probes w (one input per model output) -> A_x^T w."""
+        m = self.model
+        b = GraphBuilder(max(m.opset, ADJOINT_MIN_OPSET), taken)
+        single = len(m.outputs) == 1
+        probes = {o: b.fresh(PROBE if single else f"{PROBE}:{o}") for o in m.outputs}
+        seeds = {o: p for o, p in probes.items() if o in self.analysis.lin}
+        a = AdjointContext(self, b, seeds or probes)
+        problems = []
+        for idx in reversed(self.analysis.needed):
+            node = m.nodes[idx]
+            a.node, a.record, a.plan = node, records[idx], self.analysis.plans[idx]
+            if all(a.grad(j) is None for j in a.plan.lin_outputs):
+                continue
+            b.prefix = f"{node_label(node, idx)}/"
+            try:
+                rule_for(node).adjoint(node, a)
+            except Unsupported as exc:
+                problems.append((node_label(node, idx), node.op_type, str(exc)))
+        if problems:
+            raise UnsupportedModelError(problems, what="adjoint")
+        b.prefix = ""
+        x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
+        result = a.total(self.wrt) if seeds else None
+        if result is None:
+            result = a.zeros(x_shape, x_dtype)
+        out = b.op("Identity", [result], outputs=[self.wrt])
+        inputs = [_vi(p, m.dtype(o), ["K", *m.shape(o)]) for o, p in probes.items()]
+        for name, source in a.imports.items():
+            inputs.append(_vi(name, self._mask_dtype(source), self._mask_shape(source)))
+        graph = helper.make_graph(
+            b.nodes,
+            "adjoint",
+            inputs,
+            [_vi(out, x_dtype, ["K", *x_shape])],
+            list(b.initializers.values()),
+        )
+        model = _model_like(m.model, graph, "adjoint", min_opset=b.opset)
+        return model, dict(a.imports), probes
+
     def _mask_dtype(self, name: str):
         return self.model.dtype(name) if name in self.model.info else self._mask_types[name][0]
 
@@ -315,9 +386,17 @@ def _vi_type(vi: onnx.ValueInfoProto) -> tuple[np.dtype, list]:
     return np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims
 
 
-def _model_like(original: onnx.ModelProto, graph: onnx.GraphProto, role: str) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=list(original.opset_import))
-    model.ir_version = original.ir_version
+def _model_like(
+    original: onnx.ModelProto, graph: onnx.GraphProto, role: str, min_opset: int = 0
+) -> onnx.ModelProto:
+    imports = [
+        helper.make_opsetid(
+            i.domain, max(i.version, min_opset) if i.domain in ("", "ai.onnx") else i.version
+        )
+        for i in original.opset_import
+    ]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = max(original.ir_version, 8 if min_opset >= 16 else 0)
     model.producer_name = "onnxscope"
     model.doc_string = f"onnxscope {role} graph"
     del model.metadata_props[:]

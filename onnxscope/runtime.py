@@ -30,6 +30,9 @@ class _Lazy:
 if ort is None:  # keep `from .runtime import ort` importable; fail on first use
     ort = _Lazy()
 
+if not isinstance(ort, _Lazy):
+    ort.set_default_logger_severity(3)  # errors reach the user as exceptions, not log lines
+
 DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],

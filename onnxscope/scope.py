@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from .errors import InputError
+from .errors import InputError, OnnxscopeError
 from .model import AnalyzedModel, load_model
 from .rewriter import Artifacts, default_wrt, rewrite
 from .runtime import ort, require_ort, resolve_providers, session_options
@@ -26,6 +26,7 @@ class _Sessions:
         self.mask = make(artifacts.mask)
         self.linear = make(artifacts.linear)
         self.bias = make(artifacts.bias)
+        self.adjoint = make(artifacts.adjoint) if artifacts.adjoint is not None else None
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]
         self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
 
@@ -169,14 +170,61 @@ class Interpretation:
         """A_x z: an array for a single-output model, else a dict by output name."""
         return self._single(self.apply_all(z), allow_dict=True)
 
+    def apply_T_all(self, w) -> np.ndarray:
+        """A_x^T w, shaped like x with w's leading dims; w is an array (single output) or a dict
+        of output-shaped arrays with the same leading dims (missing outputs count as zero)."""
+        arts = self._s.artifacts
+        if self._s.adjoint is None:
+            raise OnnxscopeError(f"No adjoint graph for this model: {arts.adjoint_error}")
+        if not isinstance(w, Mapping):
+            if len(self.output_names) != 1:
+                raise InputError("The model has several outputs: pass w as a dict by output name.")
+            w = {self.output_names[0]: w}
+        unknown = set(w) - set(self.output_names)
+        if unknown:
+            raise InputError(f"Unknown output(s) {sorted(unknown)}; outputs: {self.output_names}.")
+        arrays = {n: np.asarray(v, dtype=self.outputs[n].dtype) for n, v in w.items()}
+        leads = {_leading(v.shape, self.outputs[n].shape, "cotangent") for n, v in arrays.items()}
+        if len(leads) != 1:
+            raise InputError(f"All cotangents must have the same leading dims; got {leads}.")
+        lead = leads.pop()
+        count = int(np.prod(lead))
+        flat = {
+            n: arrays[n].reshape(count, *self.outputs[n].shape)
+            if n in arrays
+            else np.zeros((count, *self.outputs[n].shape), self.outputs[n].dtype)
+            for n in self.output_names
+        }
+        parts = []
+        for start in range(0, max(count, 1), self.scope.probe_batch):
+            feeds = {
+                arts.adjoint_probes[n]: np.ascontiguousarray(
+                    v[start : start + self.scope.probe_batch]
+                )
+                for n, v in flat.items()
+            }
+            parts.append(self._run(self._s.adjoint, arts.adjoint_imports, feeds)[self.scope.wrt])
+        return np.concatenate(parts).reshape(*lead, *self.x.shape)
+
+    def apply_T(self, w) -> np.ndarray:
+        """A_x^T w: input-shaped; w shaped like the output with any leading dims."""
+        return self.apply_T_all(w)
+
+    def rows(self, idx, output: str | None = None) -> np.ndarray:
+        """A_x^T e_i for flat output indices i: what each output element looks at (x-shaped)."""
+        name = output or self._single_name()
+        shape = self.outputs[name].shape
+        idx = _flat_indices(idx, int(np.prod(shape)), "Row")
+        probes = np.zeros((len(idx), int(np.prod(shape))), self.outputs[name].dtype)
+        probes[np.arange(len(idx)), idx] = 1
+        return self.apply_T_all({name: probes.reshape(len(idx), *shape)})
+
     def columns(self, idx) -> np.ndarray | dict[str, np.ndarray]:
         """A_x e_j for flat input indices j: one output-shaped image per index."""
-        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
         size = self.x.size
-        if idx.size and (idx.min() < -size or idx.max() >= size):
-            raise InputError(f"Column index out of range for an input of {size} elements.")
+        idx = _flat_indices(idx, size, "Column")
         probes = np.zeros((len(idx), size), self.x.dtype)
-        probes[np.arange(len(idx)), idx % size] = 1
+        probes[np.arange(len(idx)), idx] = 1
         return self.apply(probes.reshape(len(idx), *self.x.shape))
 
     def verify(self, seed: int = 0) -> dict[str, float]:
@@ -190,10 +238,15 @@ class Interpretation:
         both = self.apply_all(np.stack([z1, z2, a * z1 + b * z2]))
         combo = _flat({n: a * v[0] + b * v[1] for n, v in both.items()})
         direct = _flat({n: v[2] for n, v in both.items()})
-        return {
-            "reconstruction": _rel(recon, f),
-            "linearity": _rel(direct, combo),
-        }
+        errors = {"reconstruction": _rel(recon, f), "linearity": _rel(direct, combo)}
+        if self._s.adjoint is not None:  # <A z, w> = <z, A^T w> for random z, w
+            w = {n: rng.standard_normal(v.shape).astype(v.dtype) for n, v in self.outputs.items()}
+            az = _flat({n: both[n][0] for n in self.output_names})
+            atw = self.apply_T_all(w).ravel().astype(np.float64)
+            gap = abs(float(az @ _flat(w)) - float(z1.ravel().astype(np.float64) @ atw))
+            scale = max(np.linalg.norm(az) * np.linalg.norm(_flat(w)), np.finfo(np.float64).tiny)
+            errors["adjoint"] = gap / scale
+        return errors
 
     # -- plumbing ------------------------------------------------------------------------------
     def _run(self, session, imports: dict[str, str], extra: dict[str, np.ndarray]):
@@ -207,6 +260,11 @@ class Interpretation:
             binding.bind_output(name, self._s.device)
         session.run_with_iobinding(binding)
         return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+    def _single_name(self) -> str:
+        if len(self.output_names) != 1:
+            raise InputError(f"The model has several outputs {self.output_names}; name one.")
+        return self.output_names[0]
 
     def _single(self, values: dict, allow_dict: bool = False):
         if len(values) == 1:
@@ -227,6 +285,13 @@ def _leading(shape, x_shape, what) -> tuple[int, ...]:
             f"got {tuple(shape)}."
         )
     return tuple(shape[: len(shape) - n])
+
+
+def _flat_indices(idx, size: int, what: str) -> np.ndarray:
+    idx = np.atleast_1d(np.asarray(idx, dtype=np.int64)).ravel()
+    if idx.size and (idx.min() < -size or idx.max() >= size):
+        raise InputError(f"{what} index out of range for a tensor of {size} elements.")
+    return idx % size
 
 
 def _flat(values: dict[str, np.ndarray]) -> np.ndarray:

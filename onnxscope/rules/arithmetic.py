@@ -86,6 +86,14 @@ class Sum(Rule):
             y = c.expand(y, (1,) * (rank - len(shape)) + tuple(shape), c.out_shape())
         c.set_out(y)
 
+    def adjoint(self, node, a) -> None:
+        g = a.grad()
+        if node.op_type == "Mean":
+            g = a.b.op("Mul", [g, a.const(1.0 / len(node.input))], "g_mean")
+        for i in a.plan.carried:
+            gi = a.b.op("Neg", [g]) if node.op_type == "Sub" and i == 1 else g
+            a.add_grad(i, a.unbroadcast(gi, a.out_shape(), a.in_shape(i)))
+
 
 register("Add", "Sub", "Sum", "Mean")(Sum)
 
@@ -94,6 +102,9 @@ register("Add", "Sub", "Sum", "Mean")(Sum)
 class Neg(Rule):
     def linear(self, node, c) -> None:
         c.set_out(c.b.op("Neg", [c.lin(0)]))
+
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.b.op("Neg", [a.grad()]))
 
 
 @register("Mul")
@@ -106,6 +117,11 @@ class Mul(Rule):
         rank = len(c.out_shape())
         i = 0 if c.has_lin(0) else 1
         c.set_out(c.b.op("Mul", [c.aligned(i, rank), c.value(1 - i)], "y"))
+
+    def adjoint(self, node, a) -> None:
+        i = a.plan.carried[0]
+        g = a.b.op("Mul", [a.grad(), a.value(1 - i)], "g")
+        a.add_grad(i, a.unbroadcast(g, a.out_shape(), a.in_shape(i)))
 
 
 @register("Div")
@@ -125,6 +141,10 @@ class Div(Rule):
         rank = len(c.out_shape())
         c.set_out(c.b.op("Div", [c.aligned(0, rank), c.value(1)], "y"))
 
+    def adjoint(self, node, a) -> None:
+        g = a.b.op("Div", [a.grad(), a.value(1)], "g")
+        a.add_grad(0, a.unbroadcast(g, a.out_shape(), a.in_shape(0)))
+
 
 def _as_matrix(shape, left: bool) -> list[int]:
     """numpy matmul promotion of a 1-D operand: [k] -> [1, k] on the left, [k, 1] on the right."""
@@ -135,21 +155,43 @@ def _as_matrix(shape, left: bool) -> list[int]:
 
 @register("MatMul")
 class MatMul(Rule):
-    # Forward: [..., m, k] @ [..., k, n] -> [..., m, n]; one operand is a value (or frozen)
+    # Forward: [..., m, k] @ [..., k, n] -> [..., m, n]; one operand is a value (or frozen).
+    # 1-D operands are promoted as numpy does; the twin operand gets ones for missing batch dims.
     def plan(self, node, lin, model) -> Plan:
         return product_plan(node, lin, model)
 
-    def linear(self, node, c) -> None:
-        i = 0 if c.has_lin(0) else 1
-        a, b = _as_matrix(c.in_shape(0), True), _as_matrix(c.in_shape(1), False)
-        rank = max(len(a), len(b))
-        mats = [a, b]
-        lin = c.b.reshape(c.lin(i), [-1, *([1] * (rank - len(mats[i]))), *mats[i]], "lin_mat")
+    def _operands(self, c):
+        """(i, twin operand as [K, 1.., *mat_i], value operand as a matrix, matrix shapes)."""
+        i = c.plan.carried[0]
+        mats = [_as_matrix(c.in_shape(0), True), _as_matrix(c.in_shape(1), False)]
+        rank = max(len(mats[0]), len(mats[1]))
         val = c.value(1 - i)
         if len(c.in_shape(1 - i)) == 1:
             val = c.b.reshape(val, mats[1 - i], "val_mat")
+        return i, mats, rank, val
+
+    def linear(self, node, c) -> None:
+        i, mats, rank, val = self._operands(c)
+        lin = c.b.reshape(c.lin(i), [-1, *([1] * (rank - len(mats[i]))), *mats[i]], "lin_mat")
         y = c.b.op("MatMul", [lin, val] if i == 0 else [val, lin], "y")
         c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
+
+    def adjoint(self, node, a) -> None:
+        # Y = L V: gL = G V^T;  Y = V L: gL = V^T G; then sum over broadcast batch dims
+        i, mats, rank, val = self._operands(a)
+        full = [
+            *np.broadcast_shapes(tuple(mats[0][:-2]), tuple(mats[1][:-2])),
+            mats[0][-2],
+            mats[1][-1],
+        ]
+        g = a.b.reshape(a.grad(), [-1, *full], "g_mat")
+        vr = len(mats[1 - i])
+        val_t = a.b.op("Transpose", [val], "val_t", perm=[*range(vr - 2), vr - 1, vr - 2])
+        gi = a.b.op("MatMul", [g, val_t] if i == 0 else [val_t, g], "g")
+        shape_i = tuple(full[:-2]) + tuple(mats[i][-2:])
+        target = (1,) * (rank - len(mats[i])) + tuple(mats[i])
+        gi = a.unbroadcast(gi, shape_i, target)
+        a.add_grad(i, a.b.reshape(gi, [-1, *a.in_shape(i)], "g"))
 
 
 @register("Gemm")
@@ -183,6 +225,24 @@ class Gemm(Rule):
             y = c.expand(y, (1,) * (2 - len(s)) + tuple(s), c.out_shape())
         c.set_out(y)
 
+    def adjoint(self, node, a) -> None:
+        # Y = alpha A'B' + beta C:  gA' = alpha G B'^T,  gB' = alpha A'^T G,  gC = beta G
+        g = a.grad()
+        for i, trans in ((0, attr(node, "transA", 0)), (1, attr(node, "transB", 0))):
+            if not a.has_lin(i):
+                continue
+            other, other_trans = a.value(1 - i), attr(node, "transB" if i == 0 else "transA", 0)
+            # (B')^T = B if transB else B^T; likewise for A
+            other_t = other if other_trans else a.b.op("Transpose", [other], "t", perm=[1, 0])
+            gi = a.b.op("MatMul", [g, other_t] if i == 0 else [other_t, g], "g")
+            if trans:
+                gi = a.b.op("Transpose", [gi], "g_t", perm=[0, 2, 1])
+            alpha = a.const(attr(node, "alpha", 1.0))
+            a.add_grad(i, a.b.op("Mul", [gi, alpha], "g"))
+        if a.has_lin(2):
+            gc = a.b.op("Mul", [g, a.const(attr(node, "beta", 1.0))], "g_c")
+            a.add_grad(2, a.unbroadcast(gc, a.out_shape(), a.in_shape(2)))
+
 
 @register("Where")
 class Where(Rule):
@@ -196,6 +256,13 @@ class Where(Rule):
         rank = len(c.out_shape())
         # cond has the output's shape or broadcasts to it, so y is [K, *out]
         c.set_out(c.b.op("Where", [c.value(0), _operand(c, 1, rank), _operand(c, 2, rank)], "y"))
+
+    def adjoint(self, node, a) -> None:
+        zero = a.const(0, 1)
+        for i in a.plan.carried:
+            picks = [a.grad(), zero] if i == 1 else [zero, a.grad()]
+            g = a.b.op("Where", [a.value(0), *picks], "g")
+            a.add_grad(i, a.unbroadcast(g, a.out_shape(), a.in_shape(i)))
 
 
 __all__ = ["reached_through_gate", "Unsupported"]

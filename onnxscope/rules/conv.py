@@ -1,8 +1,37 @@
-"""Convolutions: affine in their data input; weights are values and the bias is dropped."""
+"""Convolutions: affine in their data input; weights are values and the bias is dropped.
+
+Adjoints: Conv's transpose is ConvTranspose with the same weights and the output_padding that
+restores the input size; ConvTranspose's transpose is Conv. Both are written with explicit pads.
+"""
 
 from __future__ import annotations
 
-from ..registry import Plan, Rule, register
+from ..registry import Plan, Rule, attr, register
+
+
+def conv_geometry(node, in_shape, w_shape, out_shape, transposed: bool):
+    """(strides, dilations, pads) of a Conv/ConvTranspose with auto_pad/output_shape resolved."""
+    spatial = len(in_shape) - 2
+    strides = list(attr(node, "strides", [1] * spatial))
+    dilations = list(attr(node, "dilations", [1] * spatial))
+    kernel = list(w_shape[2:])
+    auto_pad = attr(node, "auto_pad", "NOTSET")
+    pads = list(attr(node, "pads", [0] * (2 * spatial)))
+    if auto_pad == "VALID":
+        pads = [0] * (2 * spatial)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER") or (transposed and attr(node, "output_shape")):
+        pads = [0] * (2 * spatial)
+        for k in range(spatial):
+            extent = (kernel[k] - 1) * dilations[k] + 1
+            if transposed:  # total padding the spec derives from the requested output size
+                out_pad = list(attr(node, "output_padding", [0] * spatial))[k]
+                total = strides[k] * (in_shape[k + 2] - 1) + out_pad + extent - out_shape[k + 2]
+            else:
+                total = max((out_shape[k + 2] - 1) * strides[k] + extent - in_shape[k + 2], 0)
+            small, large = total // 2, total - total // 2
+            upper = auto_pad == "SAME_UPPER"
+            pads[k], pads[k + spatial] = (small, large) if upper else (large, small)
+    return strides, dilations, pads
 
 
 @register("Conv", "ConvTranspose")
@@ -17,3 +46,30 @@ class Conv(Rule):
     def linear(self, node, c) -> None:
         rest = [c.value(i) for i in range(1, len(node.input) if c.affine else 2)]
         c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), node.op_type, rest))
+
+    def adjoint(self, node, a) -> None:
+        x_shape, w_shape, y_shape = a.in_shape(0), a.in_shape(1), a.out_shape()
+        transposed = node.op_type == "ConvTranspose"
+        strides, dilations, pads = conv_geometry(node, x_shape, w_shape, y_shape, transposed)
+        geometry = dict(
+            strides=strides,
+            dilations=dilations,
+            pads=pads,
+            group=attr(node, "group", 1),
+            kernel_shape=list(w_shape[2:]),
+        )
+        if transposed:  # ConvTranspose^T = Conv (cross-correlation with the same W)
+            op = "Conv"
+        else:  # Conv^T = ConvTranspose, with the output_padding that gives back x's size
+            op = "ConvTranspose"
+            spatial = len(x_shape) - 2
+            geometry["output_padding"] = [
+                x_shape[k + 2]
+                + pads[k]
+                + pads[k + spatial]
+                - ((y_shape[k + 2] - 1) * strides[k] + (w_shape[k + 2] - 1) * dilations[k] + 1)
+                for k in range(spatial)
+            ]
+        folded = a.b.reshape(a.grad(), [-1, *y_shape[1:]], "fold")
+        g = a.b.op(op, [folded, a.value(1)], "g", **geometry)
+        a.add_grad(0, a.b.reshape(g, [-1, *x_shape], "unfold"))

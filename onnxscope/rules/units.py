@@ -59,27 +59,26 @@ class PiecewiseUnit(Rule):
     def masks(self, node, m) -> None:
         m.add("piece", self.state(node, m))
 
-    def linear(self, node, c) -> None:
+    def gain(self, node, c) -> str:
+        """The active piece's slope at every element (same shape as u)."""
         pieces = self.pieces(node, c)
-        as_tensor = [
-            [p if isinstance(p, str) else _const(c, p) for p in column] for column in zip(*pieces)
-        ]
         state = c.mask("piece")
-        two = len(pieces) == 2
-        if two and pieces == [(0.0, 0.0), (1.0, 0.0)]:  # Relu-like: the gain is the mask itself
-            gain = c.b.op("Cast", [state], "gain", to=_onnx_type(c.dtype()))
-        else:
-            gain = _select(c, state, as_tensor[0], two)
-        rank = len(c.out_shape())
-        y = c.b.op("Mul", [c.aligned(self.lin_input, rank), gain], "y")
+        if pieces == [(0.0, 0.0), (1.0, 0.0)]:  # Relu-like: the gain is the mask itself
+            return c.b.op("Cast", [state], "gain", to=_onnx_type(c.dtype()))
+        slopes = [s if isinstance(s, str) else _const(c, s) for s, _ in pieces]
+        return _select(c, state, slopes, len(pieces) == 2)
+
+    def linear(self, node, c) -> None:
+        y = c.b.op("Mul", [c.lin(self.lin_input), self.gain(node, c)], "y")
+        pieces = self.pieces(node, c)
         if c.affine and any(not (isinstance(b, float) and b == 0.0) for _, b in pieces):
-            y = c.b.op("Add", [y, _select(c, state, as_tensor[1], two)], "y_affine")
-        c.set_out(c.expand(y, _bshape(c, rank), c.out_shape()))
+            intercepts = [b if isinstance(b, str) else _const(c, b) for _, b in pieces]
+            y = c.b.op("Add", [y, _select(c, c.mask("piece"), intercepts, len(pieces) == 2)])
+        c.set_out(y)
 
-
-def _bshape(c, rank):
-    s = c.in_shape(0)
-    return tuple([1] * (rank - len(s)) + list(s))
+    def adjoint(self, node, a) -> None:
+        # diagonal: A^T g = gain * g
+        a.add_grad(self.lin_input, a.b.op("Mul", [a.grad(), self.gain(node, a)], "g"))
 
 
 def _onnx_type(dtype) -> int:
@@ -254,6 +253,9 @@ class SecantUnit(Rule):
             y = c.b.op("Add", [y, _const(c, self.f0(node))], "y_affine")
         c.set_out(y)
 
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.b.op("Mul", [a.grad(), a.mask("gain")], "g"))
+
 
 def _secant(op: str, f0, d0, rise=None):
     """Register a smooth unit by its value and slope at 0 (functions of the node's attributes),
@@ -401,12 +403,14 @@ class Softmax(Rule):
         return Plan((0,), (0,), "secant gain (float) and intercept exp(-LSE) (float)")
 
     def masks(self, node, m) -> None:
-        u, y = node.input[0], node.output[0]
+        u = node.input[0]
         axes = softmax_axes(node, len(m.shape(u)), m.model.opset)
         inv_s = m.b.op("Exp", [m.b.op("Neg", [_log_sum_exp(m, u, axes)])], "intercept")
-        secant = m.b.op("Div", [m.b.op("Sub", [y, inv_s]), u], "secant")
+        # g/S = (exp(u) - 1)/u / S, with exp(u) - 1 taken in float64 (no cancellation)
+        secant = m.b.op("Div", [_in_double(m, u, _expm1), u], "secant")
         near = m.b.op("Less", [m.b.op("Abs", [u]), m.b.const(np.asarray(SECANT_EPS, m.dtype(u)))])
-        m.add("gain", m.b.op("Where", [near, inv_s, secant], "gain"))
+        exp_gain = m.b.op("Where", [near, m.b.const(np.asarray(1, m.dtype(u))), secant])
+        m.add("gain", m.b.op("Mul", [exp_gain, inv_s], "gain"))
         m.add("intercept", inv_s)
 
     def linear(self, node, c) -> None:
@@ -414,6 +418,9 @@ class Softmax(Rule):
         if c.affine:
             y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
         c.set_out(y)
+
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.b.op("Mul", [a.grad(), a.mask("gain")], "g"))
 
 
 @register("LogSoftmax")
@@ -432,6 +439,9 @@ class LogSoftmax(Rule):
         if c.affine:
             y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
         c.set_out(y)
+
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.grad())
 
 
 # --- selections between operands -------------------------------------------------------------
@@ -467,9 +477,15 @@ class Selection(Rule):
     def linear(self, node, c) -> None:
         rank = len(c.out_shape())
         operands = [_operand(c, i, rank) for i in range(len(node.input))]
-        state = c.mask("winner")
-        y = _select(c, state, operands, len(operands) == 2)
-        c.set_out(c.expand(y, c.out_shape(), c.out_shape()))
+        c.set_out(_select(c, c.mask("winner"), operands, len(operands) == 2))
+
+    def adjoint(self, node, a) -> None:
+        # each operand gets the cotangent where it won, summed over its broadcast copies
+        n, zero, one = len(node.input), a.const(0), a.const(1)
+        for i in a.plan.carried:
+            won = _select(a, a.mask("winner"), [one if k == i else zero for k in range(n)], n == 2)
+            g = a.b.op("Mul", [a.grad(), won], "g")
+            a.add_grad(i, a.unbroadcast(g, a.out_shape(), a.in_shape(i)))
 
 
 def _operand(c, i: int, rank: int) -> str:
