@@ -82,7 +82,9 @@ def test_rewrite_writes_standalone_artifacts(sigmoid_model, tmp_path):
     out = tmp_path / "artifacts"
     proc = run_cli("rewrite", str(sigmoid_model), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(out)) == ["bias.onnx", "linear.onnx", "manifest.json", "mask.onnx"]
+    assert sorted(os.listdir(out)) == [
+        "adjoint.onnx", "bias.onnx", "linear.onnx", "manifest.json", "mask.onnx"
+    ]
     assert digest(sigmoid_model) == before
     manifest = json.loads((out / "manifest.json").read_text())
     # The files work on their own: feed mask.onnx's outputs to linear.onnx and bias.onnx by name.
@@ -95,7 +97,13 @@ def test_rewrite_writes_standalone_artifacts(sigmoid_model, tmp_path):
     bias = ort.InferenceSession(str(out / "bias.onnx"))
     (c,) = bias.run(None, {n: masks[s] for n, s in manifest["bias_inputs"]["masks"].items()})
     np.testing.assert_allclose(ax[0] + c[0], masks["y"], rtol=1e-5, atol=1e-6)
-    for name in ("mask.onnx", "linear.onnx", "bias.onnx"):
+    adjoint = ort.InferenceSession(str(out / "adjoint.onnx"))
+    spec = manifest["adjoint_inputs"]
+    w = np.random.default_rng(2).standard_normal((1, 1, 4, 6, 6)).astype(np.float32)
+    feeds = {n: masks[s] for n, s in spec["masks"].items()}
+    (atw,) = adjoint.run(None, {spec["probes"]["y"]: w, **feeds})
+    assert abs(np.vdot(ax, w) - np.vdot(x, atw)) <= 1e-5 * np.linalg.norm(ax) * np.linalg.norm(w)
+    for name in ("mask.onnx", "linear.onnx", "bias.onnx", "adjoint.onnx"):
         onnx.checker.check_model(onnx.load(out / name), full_check=True)
 
 
