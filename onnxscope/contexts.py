@@ -89,7 +89,8 @@ class TwinContext:
     def _import(self, key: str, source: str) -> str:
         """A graph input fed by the mask-graph output `source` (same name when possible)."""
         if key not in self._imported:
-            name = self.b.fresh(source) if source in self.model.outputs else source
+            reserved = source in self.model.outputs or source == self.rw.wrt
+            name = self.b.fresh(source) if reserved else source
             self._imported[key] = name
             self.imports[name] = source
         return self._imported[key]

@@ -163,6 +163,7 @@ class Rewrite:
         except UnsupportedModelError as exc:
             adj_error = str(exc)
         imports = [*lin_imports.values(), *bias_imports.values(), *adj_imports.values()]
+        imports += mask_outputs  # every decision is exported, used or not (it.masks, inspect)
         mask_model = self._mask_model(list(dict.fromkeys(imports)))
         manifest = self._manifest(records, mask_model)
         manifest["linear_inputs"] = {"probe": PROBE, "masks": lin_imports}

@@ -101,7 +101,7 @@ def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
             raise InputError(f"Input '{name}' has dtype {array.dtype}; the model expects {dtype}.")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise InputError(f"Input '{name}' contains NaN or infinite values.")
-    return np.ascontiguousarray(array)
+    return np.require(array, requirements="C")  # keeps 0-d arrays 0-d
 
 
 class Interpretation:
@@ -162,7 +162,7 @@ class Interpretation:
                 self._run(self._s.linear, self._s.artifacts.linear_imports, {"probe": chunk})
             )
         return {
-            n: np.concatenate([p[n] for p in parts]).reshape(*lead, *self.outputs[n].shape)
+            n: np.concatenate([p[n] for p in parts]).reshape((*lead, *self.outputs[n].shape))
             for n in self.output_names
         }
 
@@ -204,7 +204,7 @@ class Interpretation:
                 for n, v in flat.items()
             }
             parts.append(self._run(self._s.adjoint, arts.adjoint_imports, feeds)[self.scope.wrt])
-        return np.concatenate(parts).reshape(*lead, *self.x.shape)
+        return np.concatenate(parts).reshape((*lead, *self.x.shape))
 
     def apply_T(self, w) -> np.ndarray:
         """A_x^T w: input-shaped; w shaped like the output with any leading dims."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import Plan, Rule, Unsupported, attr, register
-from .units import _operand
+from .units import _operand, is_zero
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}
 # ops a gate signal passes through unchanged in nature (elementwise with a constant, reshapes)
@@ -126,24 +126,33 @@ class Mul(Rule):
 
 @register("Div")
 class Div(Rule):
-    # y = a / v: the denominator is always a value (frozen when it depends on the input)
+    # a / v: the denominator is frozen when the numerator carries the probe (a bilinear gate);
+    # c / v(x) alone is a unit through the origin, like Reciprocal: gain y / v
     def plan(self, node, lin, model) -> Plan:
         if not lin[0]:
-            return Plan((), ())  # c / u(x): frozen entirely, a value
-        return Plan(
-            (0,),
-            (0,),
-            f"denominator '{node.input[1]}' frozen (float)" if lin[1] else "",
-            "gate" if lin[1] else "",
-        )
+            return Plan((1,), (0,), "secant gain y/u of c/u (float)", "unit")
+        frozen = f"denominator '{node.input[1]}' frozen (float)" if lin[1] else ""
+        return Plan((0,), (0,), frozen, "gate" if lin[1] else "")
+
+    def masks(self, node, m) -> None:
+        if m.record.kind == "unit":
+            v, y = node.input[1], node.output[0]
+            zero = m.b.const(np.asarray(0, m.dtype(v)))
+            secant = m.b.op("Div", [y, v], "secant")
+            m.add("gain", m.b.op("Where", [is_zero(m, v), zero, secant], "gain"))
 
     def linear(self, node, c) -> None:
         rank = len(c.out_shape())
-        c.set_out(c.b.op("Div", [c.aligned(0, rank), c.value(1)], "y"))
+        if c.has_lin(0):
+            c.set_out(c.b.op("Div", [c.aligned(0, rank), c.value(1)], "y"))
+        else:
+            c.set_out(c.b.op("Mul", [c.aligned(1, rank), c.mask("gain")], "y"))
 
     def adjoint(self, node, a) -> None:
-        g = a.b.op("Div", [a.grad(), a.value(1)], "g")
-        a.add_grad(0, a.unbroadcast(g, a.out_shape(), a.in_shape(0)))
+        i = a.plan.carried[0]
+        other = a.value(1) if i == 0 else a.mask("gain")
+        g = a.b.op("Div" if i == 0 else "Mul", [a.grad(), other], "g")
+        a.add_grad(i, a.unbroadcast(g, a.out_shape(), a.in_shape(i)))
 
 
 def _as_matrix(shape, left: bool) -> list[int]:

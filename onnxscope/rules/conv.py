@@ -6,11 +6,16 @@ restores the input size; ConvTranspose's transpose is Conv. Both are written wit
 
 from __future__ import annotations
 
-from ..registry import Plan, Rule, attr, register
+from ..registry import Plan, Rule, Unsupported, attr, register
 
 
 def conv_geometry(node, in_shape, w_shape, out_shape, transposed: bool):
-    """(strides, dilations, pads) of a Conv/ConvTranspose with auto_pad/output_shape resolved."""
+    """(strides, dilations, pads) of a Conv/ConvTranspose with auto_pad/output_shape resolved.
+
+    A ConvTranspose with output_shape pads as ONNX Runtime does (checked against it): the total
+    padding split with the larger half first (last for SAME_UPPER); an output larger than the
+    natural size gets its extra rows at the end, written here as a negative end pad.
+    """
     spatial = len(in_shape) - 2
     strides = list(attr(node, "strides", [1] * spatial))
     dilations = list(attr(node, "dilations", [1] * spatial))
@@ -28,6 +33,9 @@ def conv_geometry(node, in_shape, w_shape, out_shape, transposed: bool):
                 total = strides[k] * (in_shape[k + 2] - 1) + out_pad + extent - out_shape[k + 2]
             else:
                 total = max((out_shape[k + 2] - 1) * strides[k] + extent - in_shape[k + 2], 0)
+            if total < 0:  # an output_shape past the natural size: extra rows at the end
+                pads[k], pads[k + spatial] = 0, total
+                continue
             small, large = total // 2, total - total // 2
             upper = auto_pad == "SAME_UPPER"
             pads[k], pads[k + spatial] = (small, large) if upper else (large, small)
@@ -39,7 +47,7 @@ class Conv(Rule):
     # y = W * x (+ b): the twin convolves the twin with the same W (frozen if it is input-dependent)
     def plan(self, node, lin, model) -> Plan:
         if not lin[0]:
-            return Plan((), ())  # input-dependent weights on a constant image: a value
+            raise Unsupported("weights that depend on the input, on a constant image")
         frozen = "weights frozen (float)" if any(lin[1:]) else ""
         return Plan((0,), (0,), frozen, "gate" if frozen else "")
 
@@ -71,5 +79,11 @@ class Conv(Rule):
                 for k in range(spatial)
             ]
         folded = a.b.reshape(a.grad(), [-1, *y_shape[1:]], "fold")
+        if op == "Conv" and min(pads) < 0:  # a negative pad crops the cotangent first
+            spatial = len(pads) // 2
+            crop = [min(p, 0) for p in pads]
+            crop = [0, 0, *crop[:spatial], 0, 0, *crop[spatial:]]
+            folded = a.b.op("Pad", [folded, a.b.ints(crop, "crop")], "crop")
+            geometry["pads"] = [max(p, 0) for p in pads]
         g = a.b.op(op, [folded, a.value(1)], "g", **geometry)
         a.add_grad(0, a.b.reshape(g, [-1, *x_shape], "unfold"))

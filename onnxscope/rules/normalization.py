@@ -23,17 +23,24 @@ class BatchNorm(Rule):
             raise Unsupported("input-dependent BatchNorm parameters are not supported")
         return Plan((0,), (0,))
 
-    def linear(self, node, c) -> None:
-        dt = c.dtype(0)
-        scale, bias, mean, var = (c.value(i) for i in range(1, 5))
-        eps = c.b.const(np.asarray(attr(node, "epsilon", 1e-5), dt))
+    def scale(self, node, c) -> tuple[str, list[int]]:
+        """s = scale / sqrt(var + eps) and the per-channel broadcast shape."""
+        scale, var = c.value(1), c.value(4)
+        eps = c.const(attr(node, "epsilon", 1e-5))
         s = c.b.op("Div", [scale, c.b.op("Sqrt", [c.b.op("Add", [var, eps])])], "s")
-        shape = _channel_shape(c, c.in_shape(0)[1])
+        return s, _channel_shape(c, c.in_shape(0)[1])
+
+    def linear(self, node, c) -> None:
+        s, shape = self.scale(node, c)
         y = c.b.op("Mul", [c.lin(0), c.b.reshape(s, shape, "s_c")], "y")
         if c.affine:
-            shift = c.b.op("Sub", [bias, c.b.op("Mul", [mean, s])], "shift")
+            shift = c.b.op("Sub", [c.value(2), c.b.op("Mul", [c.value(3), s])], "shift")
             y = c.b.op("Add", [y, c.b.reshape(shift, shape, "shift_c")], "y_affine")
         c.set_out(y)
+
+    def adjoint(self, node, a) -> None:
+        s, shape = self.scale(node, a)
+        a.add_grad(0, a.b.op("Mul", [a.grad(), a.b.reshape(s, shape, "s_c")], "g"))
 
 
 class Normalization(Rule):
@@ -79,6 +86,19 @@ class Normalization(Rule):
         if c.affine and bias is not None:
             y = c.b.op("Add", [y, bias], "y_affine")
         c.set_out(y)
+
+    def adjoint(self, node, a) -> None:
+        # A = S diag(inv_sigma) P with P the centering (symmetric) and S the scale:
+        # A^T g = P(inv_sigma * (scale * g)); inv_sigma is constant on each group, so P commutes
+        s = a.in_shape(0)
+        shape, axes = self.groups(node, s)
+        scale, _ = self.scale_bias(node, a)
+        g = a.b.op("Mul", [a.grad(), scale], "g_scaled") if scale is not None else a.grad()
+        g = a.b.reshape(g, [-1, *shape], "g_grouped")
+        g = a.b.op("Mul", [g, a.mask("inv_sigma")], "g_normed")
+        mean = a.b.reduce("ReduceMean", g, [k + 1 for k in axes], True, "g_mean")
+        g = a.b.op("Sub", [g, mean], "g_centered")
+        a.add_grad(0, a.b.reshape(g, [-1, *s], "g"))
 
 
 @register("InstanceNormalization")

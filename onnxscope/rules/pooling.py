@@ -4,8 +4,11 @@ for each output, the flat index (into the N*C*H*W input) of the element it copie
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
+from .. import separable
 from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
+from .conv import conv_geometry
 
 
 def reduce_axes(node, c_or_model, rank: int) -> list[int] | None:
@@ -35,6 +38,16 @@ class Selection(Rule):
 
     def linear(self, node, c) -> None:
         c.set_out(gather_selected(c, "argmax"))
+
+    def adjoint(self, node, a) -> None:
+        # scatter-add each output's cotangent to the element it selected (windows overlap)
+        numel, count = int(np.prod(a.in_shape(0))), int(np.prod(a.out_shape()))
+        g = a.b.reshape(a.grad(), [-1, count], "g_flat")
+        index = a.b.reshape(a.mask("argmax"), [1, count], "index")
+        index = a.b.op("Expand", [index, a.b.op("Shape", [g])], "index_k")
+        zeros = a.zeros((numel,), a.dtype(0))
+        g = a.b.op("ScatterElements", [zeros, index, g], "g", axis=1, reduction="add")
+        a.add_grad(0, a.b.reshape(g, [-1, *a.in_shape(0)], "g"))
 
 
 @register("MaxPool")
@@ -78,9 +91,9 @@ class ReduceSelection(Selection):
         m.add("argmax", m.b.reduce("ReduceMin", hits, axes, keep, "argmax"))
 
 
-@register("AveragePool", "GlobalAveragePool", "DepthToSpace", "SpaceToDepth", "Upsample")
 class PerSample(Rule):
-    # a linear op applied to each sample alike: fold the probes into the batch axis
+    """A linear op applied to each sample alike: fold the probes into the batch axis."""
+
     def plan(self, node, lin, model) -> Plan:
         if any(lin[1:]):
             raise Unsupported("only the data input may depend on the interpreted input")
@@ -89,6 +102,60 @@ class PerSample(Rule):
     def linear(self, node, c) -> None:
         rest = [c.value(i) if node.input[i] else "" for i in range(1, len(node.input))]
         c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), node.op_type, rest))
+
+
+class SeparablePerSample(PerSample):
+    """A per-sample op that acts on each spatial axis separately (pooling, resampling): its
+    adjoint contracts the cotangent with the transposed per-axis matrices."""
+
+    def restricted(self, node, a, axis: int | None, x: np.ndarray) -> np.ndarray:
+        """The op on x ([B, 1, *spatial]) acting on `axis` only (all axes when None)."""
+        raise NotImplementedError
+
+    def adjoint(self, node, a) -> None:
+        in_shape, dtype = a.in_shape(0), a.dtype(0)
+        matrices = {}
+        for axis in range(2, len(in_shape)):
+            basis = separable.identity_basis(in_shape[axis], [1] * len(in_shape), axis, dtype)
+            m = separable.matrix_from_outputs(self.restricted(node, a, axis, basis), axis)
+            if m.shape[0] != m.shape[1] or not np.array_equal(m, np.eye(len(m), dtype=m.dtype)):
+                matrices[axis] = m
+        x = np.random.default_rng(0).standard_normal((1, 1, *in_shape[2:])).astype(dtype)
+        separable.check_separable(self.restricted(node, a, None, x), x, matrices, node.op_type)
+        a.add_grad(0, separable.contract(a, a.grad(), a.out_shape(), matrices))
+
+
+@register("AveragePool")
+class AveragePool(SeparablePerSample):
+    # sum over each window / its divisor; both are products of per-axis factors
+    def restricted(self, node, a, axis, x):
+        in_shape = a.in_shape(0)
+        spatial = len(in_shape) - 2
+        kernel = list(attr(node, "kernel_shape"))
+        strides, dilations, pads = conv_geometry(
+            node, in_shape, [0, 0, *kernel], a.out_shape(), transposed=False
+        )
+        keep = lambda k: axis is None or k + 2 == axis  # noqa: E731
+        attrs = dict(
+            kernel_shape=[kernel[k] if keep(k) else 1 for k in range(spatial)],
+            strides=[strides[k] if keep(k) else 1 for k in range(spatial)],
+            pads=[pads[k] if keep(k % spatial) else 0 for k in range(2 * spatial)],
+            ceil_mode=attr(node, "ceil_mode", 0),
+            count_include_pad=attr(node, "count_include_pad", 0),
+        )
+        if any(d != 1 for d in dilations):
+            attrs["dilations"] = [dilations[k] if keep(k) else 1 for k in range(spatial)]
+        attrs = [helper.make_attribute(k, v) for k, v in attrs.items()]
+        return separable.run_op("AveragePool", [x], attrs, a.model.opset)
+
+
+@register("GlobalAveragePool")
+class GlobalAveragePool(PerSample):
+    def adjoint(self, node, a) -> None:
+        # every input element receives its channel's cotangent / (H*W)
+        in_shape = a.in_shape(0)
+        g = a.b.op("Mul", [a.grad(), a.const(1.0 / int(np.prod(in_shape[2:])))], "g_mean")
+        a.add_grad(0, a.b.op("Expand", [g, a.b.ints([1, *in_shape])], "g"))
 
 
 @register("ReduceMean", "ReduceSum")
@@ -105,3 +172,16 @@ class LinearReduce(Rule):
             return
         keep = bool(attr(node, "keepdims", 1))
         c.set_out(c.b.reduce(node.op_type, c.lin(0), [a + 1 for a in axes], keep, "y"))
+
+    def adjoint(self, node, a) -> None:
+        # broadcast the cotangent back over the reduced axes (divided by their size for a mean)
+        in_shape = a.in_shape(0)
+        axes = reduce_axes(node, a, len(in_shape))
+        if axes is None:
+            a.add_grad(0, a.grad())
+            return
+        kept = [1 if k in axes else d for k, d in enumerate(in_shape)]
+        g = a.b.reshape(a.grad(), [-1, *kept], "g_kept")
+        if node.op_type == "ReduceMean":
+            g = a.b.op("Mul", [g, a.const(1.0 / int(np.prod([in_shape[k] for k in axes])))])
+        a.add_grad(0, a.b.op("Expand", [g, a.b.ints([1, *in_shape])], "g"))

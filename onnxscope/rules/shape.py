@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from .. import separable
 from ..registry import Plan, Rule, Unsupported, ValueRule, attr, normalize_axis, register
+from .pooling import PerSample, SeparablePerSample
 
 
 class DataOnly(Rule):
@@ -27,11 +29,17 @@ class Reshape(DataOnly):
         out = c.out_shape()
         c.set_out(c.lin(0) if out == c.in_shape(0) else c.b.reshape(c.lin(0), [-1, *out], "y"))
 
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.b.reshape(a.grad(), [-1, *a.in_shape(0)], "g"))
+
 
 @register("Identity")
 class Identity(DataOnly):
     def linear(self, node, c) -> None:
         c.set_out(c.lin(0))
+
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.grad())
 
 
 @register("Dropout")
@@ -45,6 +53,9 @@ class Dropout(DataOnly):
 
     def linear(self, node, c) -> None:
         c.set_out(c.lin(0))
+
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.grad())
 
 
 FLOAT_TYPES = {
@@ -64,13 +75,24 @@ class Cast(DataOnly):
     def linear(self, node, c) -> None:
         c.set_out(c.b.op("Cast", [c.lin(0)], "y", to=attr(node, "to")))
 
+    def adjoint(self, node, a) -> None:
+        to = helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype(0)))
+        a.add_grad(0, a.b.op("Cast", [a.grad()], "g", to=to))
+
 
 @register("Transpose")
 class Transpose(DataOnly):
     def linear(self, node, c) -> None:
+        c.set_out(c.b.op("Transpose", [c.lin(0)], "y", perm=self.perm(node, c)))
+
+    def perm(self, node, c) -> list[int]:
         rank = len(c.in_shape(0))
         perm = attr(node, "perm") or list(reversed(range(rank)))
-        c.set_out(c.b.op("Transpose", [c.lin(0)], "y", perm=[0, *[p + 1 for p in perm]]))
+        return [0, *[p + 1 for p in perm]]
+
+    def adjoint(self, node, a) -> None:
+        inverse = np.argsort(self.perm(node, a)).tolist()
+        a.add_grad(0, a.b.op("Transpose", [a.grad()], "g", perm=inverse))
 
 
 class AxisShifted(DataOnly):
@@ -95,12 +117,33 @@ class Split(AxisShifted):
         for j, name in enumerate(outs if isinstance(outs, list) else [outs]):
             c.set_out(name, j)
 
+    def adjoint(self, node, a) -> None:
+        parts = [a.grad_or_zeros(j) for j in range(len(node.output))]
+        a.add_grad(0, a.b.op("Concat", parts, "g", axis=self.shifted_axis(node, a)))
+
 
 @register("Gather")
 class Gather(AxisShifted):
     # indices are a value (constant, or frozen when input-dependent)
     def linear(self, node, c) -> None:
         c.set_out(c.b.op("Gather", [c.lin(0), c.value(1)], "y", axis=self.shifted_axis(node, c)))
+
+    def adjoint(self, node, a) -> None:
+        # Gather along axis = a one-hot matrix along that axis (indices may repeat: they add)
+        axis = self.shifted_axis(node, a) - 1
+        in_shape, count = a.in_shape(0), int(np.prod(a.in_shape(1)))
+        if a.model.is_static(node.input[1]):
+            idx = a.static(1).astype(np.int64).ravel()
+            onehot = np.zeros((count, in_shape[axis]), a.dtype(0))
+            onehot[np.arange(count), idx % in_shape[axis]] = 1
+        else:  # frozen indices: the one-hot matrix is built at run time
+            flat_idx = a.b.reshape(a.value(1), [-1], "indices")
+            values = a.b.const(np.asarray([0, 1], a.dtype(0)))
+            depth = a.b.const(np.asarray([in_shape[axis]], np.int64))
+            onehot = a.b.op("OneHot", [flat_idx, depth, values], "onehot", axis=-1)
+        flat = [*in_shape[:axis], count, *in_shape[axis + 1 :]]
+        g = a.b.reshape(a.grad(), [-1, *flat], "g_flat")
+        a.add_grad(0, separable.contract(a, g, flat, {axis: onehot}))
 
 
 @register("Concat")
@@ -111,6 +154,24 @@ class Concat(Rule):
         axis = normalize_axis(attr(node, "axis"), rank) + 1
         parts = [c.lin_or_zeros(i) for i in range(len(node.input))]
         c.set_out(c.b.op("Concat", parts, "y", axis=axis))
+
+    def adjoint(self, node, a) -> None:
+        axis = normalize_axis(attr(node, "axis"), len(a.out_shape()))
+        sizes = [a.in_shape(i)[axis] for i in range(len(node.input))]
+        parts = (
+            a.b.op(
+                "Split",
+                [a.grad(), a.b.ints(sizes, "split")],
+                "g",
+                outputs=len(sizes),
+                axis=axis + 1,
+            )
+            if a.b.opset >= 13
+            else a.b.op("Split", [a.grad()], "g", outputs=len(sizes), axis=axis + 1, split=sizes)
+        )
+        parts = parts if isinstance(parts, list) else [parts]
+        for i in a.plan.carried:
+            a.add_grad(i, parts[i])
 
 
 def _has(node, i: int) -> bool:
@@ -135,6 +196,45 @@ class Slice(DataOnly):
         if _has(node, 4):
             inputs.append(c.value(4))
         c.set_out(c.b.op("Slice", inputs, "y"))
+
+    def adjoint(self, node, a) -> None:
+        # zero-fill what was cut: Pad for unit steps, a selection matrix per axis otherwise
+        in_shape = a.in_shape(0)
+        rank = len(in_shape)
+        if a.model.opset < 10:
+            starts, ends = attr(node, "starts"), attr(node, "ends")
+            axes, steps = attr(node, "axes") or list(range(len(starts))), [1] * len(starts)
+        else:
+            starts, ends = a.static(1).tolist(), a.static(2).tolist()
+            axes = a.static(3).tolist() if _has(node, 3) else list(range(len(starts)))
+            steps = a.static(4).tolist() if _has(node, 4) else [1] * len(starts)
+        kept = {}
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            axis = normalize_axis(axis, rank)
+            kept[axis] = np.arange(in_shape[axis])[slice(start, end, step)]
+        if all(steps_ == 1 for steps_ in steps):
+            begin = [0] + [
+                int(kept[k][0]) if k in kept and kept[k].size else 0 for k in range(rank)
+            ]
+            end = [0] + [
+                in_shape[k] - int(kept[k][-1]) - 1 if k in kept and kept[k].size else 0
+                for k in range(rank)
+            ]
+            a.add_grad(0, _pad(a, a.grad(), begin + end))
+            return
+        matrices = {}
+        for axis, index in kept.items():
+            select = np.zeros((index.size, in_shape[axis]), a.dtype(0))
+            select[np.arange(index.size), index] = 1
+            matrices[axis] = select
+        a.add_grad(0, separable.contract(a, a.grad(), a.out_shape(), matrices))
+
+
+def _pad(a, x: str, pads: list[int], mode: str = "constant") -> str:
+    """Pad in the form the graph's opset takes (negative pads crop)."""
+    if a.b.opset < 11:
+        return a.b.op("Pad", [x], "pad", pads=pads, mode=mode)
+    return a.b.op("Pad", [x, a.b.ints(pads, "pads")], "pad", mode=mode)
 
 
 @register("Pad")
@@ -165,9 +265,53 @@ class Pad(DataOnly):
             inputs.append(value)
         c.set_out(c.b.op("Pad", inputs, "y", mode=mode))
 
+    def full_pads(self, node, a) -> list[int]:
+        """[begin..., end...] over all axes of the input (attribute or input form)."""
+        rank = len(a.in_shape(0))
+        if a.model.opset < 11:
+            return list(attr(node, "pads"))
+        pads = a.static(1).astype(np.int64).tolist()
+        axes = (
+            [normalize_axis(k, rank) for k in a.static(3).tolist()]
+            if _has(node, 3)
+            else list(range(rank))
+        )
+        full = [0] * (2 * rank)
+        for k, axis in enumerate(axes):
+            full[axis], full[axis + rank] = pads[k], pads[k + len(axes)]
+        return full
+
+    def adjoint(self, node, a) -> None:
+        pads, rank = self.full_pads(node, a), len(a.in_shape(0))
+        mode = attr(node, "mode", "constant")
+        if mode == "constant":  # crop the padding away (negative pads)
+            a.add_grad(
+                0, _pad(a, a.grad(), [0, *[-p for p in pads[:rank]], 0, *[-p for p in pads[rank:]]])
+            )
+            return
+        # reflect/edge/wrap copy input elements: per-axis matrices, found by padding e_0..e_L-1
+        in_shape, matrices = a.in_shape(0), {}
+        for axis in range(rank):
+            if pads[axis] == 0 and pads[axis + rank] == 0:
+                continue
+            basis = separable.identity_basis(in_shape[axis], [1] * (rank + 1), axis + 1, a.dtype(0))
+            axis_pads = [0] * (2 * rank + 2)
+            axis_pads[axis + 1], axis_pads[axis + rank + 2] = pads[axis], pads[axis + rank]
+            out = _run_pad(basis, axis_pads, mode, a.model.opset)
+            matrices[axis] = separable.matrix_from_outputs(out, axis + 1)
+        a.add_grad(0, separable.contract(a, a.grad(), a.out_shape(), matrices))
+
+
+def _run_pad(x, pads, mode, opset):
+    if opset < 11:
+        attrs = [helper.make_attribute("pads", pads), helper.make_attribute("mode", mode)]
+        return separable.run_op("Pad", [x], attrs, opset)
+    attrs = [helper.make_attribute("mode", mode)]
+    return separable.run_op("Pad", [x, np.asarray(pads, np.int64)], attrs, opset)
+
 
 @register("Resize")
-class Resize(DataOnly):
+class Resize(SeparablePerSample):
     # linear in X for every mode; on the folded twin sizes[0] becomes K*N
     def linear(self, node, c) -> None:
         if c.model.opset < 11:  # Resize-10: (X, scales)
@@ -196,6 +340,111 @@ class Resize(DataOnly):
             )
         )
 
+    def restricted(self, node, a, axis, x):
+        """Resize x ([B, 1, *spatial]) along `axis` only, with the node's own per-axis scale."""
+        rank, out_shape = x.ndim, a.out_shape()
+        keep = lambda k: k >= 2 and (axis is None or k == axis)  # noqa: E731
+        if attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise Unsupported("no adjoint for keep_aspect_ratio_policy other than 'stretch'")
+        skip = {"axes", "keep_aspect_ratio_policy", "extrapolation_value"}
+        attrs = [at for at in node.attribute if at.name not in skip]
+        scales, sizes, roi = self._full_vectors(node, a, rank)
+        if a.model.opset < 11:
+            restricted = [scales[k] if keep(k) else 1.0 for k in range(rank)]
+            return separable.run_op(
+                "Resize", [x, np.asarray(restricted, np.float32)], attrs, a.model.opset
+            )
+        roi_r = None
+        if roi is not None:
+            roi_r = np.asarray(
+                [roi[k] if keep(k) else 0.0 for k in range(rank)]
+                + [roi[rank + k] if keep(k) else 1.0 for k in range(rank)],
+                roi.dtype,
+            )
+        if sizes is not None:
+            sizes_r = [out_shape[k] if keep(k) else x.shape[k] for k in range(rank)]
+            inputs = [x, roi_r, None, np.asarray(sizes_r, np.int64)]
+        else:
+            scales_r = np.asarray([scales[k] if keep(k) else 1.0 for k in range(rank)], np.float32)
+            inputs = [x, roi_r, scales_r]
+        if inputs[1] is None and a.model.opset < 13:  # roi and scales were required before 13
+            inputs[1] = np.zeros(0, np.float32)
+        if inputs[2] is None and a.model.opset < 13:
+            inputs[2] = np.zeros(0, np.float32)
+        return separable.run_op("Resize", inputs, attrs, a.model.opset)
+
+    def _full_vectors(self, node, a, rank):
+        """(scales, sizes, roi) over every axis (the `axes` attribute undone); None if absent."""
+        if a.model.opset < 11:
+            return a.static(1).astype(np.float64).tolist(), None, None
+        axes = [normalize_axis(k, rank) for k in (attr(node, "axes") or range(rank))]
+        scales = sizes = roi = None
+        if _has(node, 3) and int(np.prod(a.in_shape(3))):
+            sizes = list(a.in_shape(0))
+            for k, v in zip(axes, a.static(3).tolist()):
+                sizes[k] = v
+        else:
+            scales = [1.0] * rank
+            for k, v in zip(axes, a.static(2).tolist()):
+                scales[k] = v
+        if _has(node, 1) and int(np.prod(a.in_shape(1))):
+            values = a.static(1)
+            roi = np.asarray([0.0] * rank + [1.0] * rank, values.dtype)
+            for j, k in enumerate(axes):
+                roi[k], roi[rank + k] = values[j], values[len(axes) + j]
+        return scales, sizes, roi
+
+
+@register("Upsample")
+class Upsample(SeparablePerSample):
+    # opset 9: Upsample(X, scales), the batch and channel scales being 1
+    def linear(self, node, c) -> None:
+        _batch_scale_is_one(c, 1)
+        c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), "Upsample", [c.value(1)]))
+
+    def restricted(self, node, a, axis, x):
+        scales = a.static(1).astype(np.float32)
+        restricted = [
+            s if k >= 2 and (axis is None or k == axis) else 1.0 for k, s in enumerate(scales)
+        ]
+        return separable.run_op(
+            "Upsample", [x, np.asarray(restricted, np.float32)], list(node.attribute), a.model.opset
+        )
+
+
+class Rearrange(PerSample):
+    """DepthToSpace / SpaceToDepth: a reshape, a transpose and a reshape per sample; the adjoint
+    undoes them."""
+
+    def permuted(self, node, in_shape) -> tuple[list[int], list[int]]:
+        """(shape after the transpose, without N; the transpose's permutation)."""
+        raise NotImplementedError
+
+    def adjoint(self, node, a) -> None:
+        shape, perm = self.permuted(node, a.in_shape(0))
+        g = a.b.reshape(a.grad(), [-1, *shape], "g_split")
+        g = a.b.op("Transpose", [g], "g_t", perm=np.argsort(perm).tolist())
+        a.add_grad(0, a.b.reshape(g, [-1, *a.in_shape(0)], "g"))
+
+
+@register("DepthToSpace")
+class DepthToSpace(Rearrange):
+    def permuted(self, node, in_shape):
+        b = attr(node, "blocksize")
+        _, c, h, w = in_shape
+        if attr(node, "mode", "DCR") == "CRD":  # [N, C/b², b, b, H, W] -> [N, C/b², H, b, W, b]
+            return [c // b**2, h, b, w, b], [0, 1, 4, 2, 5, 3]
+        return [c // b**2, h, b, w, b], [0, 3, 4, 1, 5, 2]  # [N, b, b, C/b², H, W] -> same
+
+
+@register("SpaceToDepth")
+class SpaceToDepth(Rearrange):
+    def permuted(self, node, in_shape):
+        b = attr(node, "blocksize")
+        _, c, h, w = in_shape
+        # [N, C, H/b, b, W/b, b] -> [N, b, b, C, H/b, W/b]
+        return [b, b, c, h // b, w // b], [0, 3, 5, 1, 2, 4]
+
 
 def _batch_scale_is_one(c, i: int) -> None:
     scales = c.static(i)
@@ -208,12 +457,23 @@ class Expand(DataOnly):
     def linear(self, node, c) -> None:
         c.set_out(c.expand(c.lin(0), c.in_shape(0), c.out_shape()))
 
+    def adjoint(self, node, a) -> None:
+        a.add_grad(0, a.unbroadcast(a.grad(), a.out_shape(), a.in_shape(0)))
+
 
 @register("Tile")
 class Tile(DataOnly):
     def linear(self, node, c) -> None:
         repeats = c.static(1).astype(np.int64).tolist()
         c.set_out(c.b.op("Tile", [c.lin(0), c.b.ints([1, *repeats], "repeats")], "y"))
+
+    def adjoint(self, node, a) -> None:
+        # [K, r0*s0, r1*s1, ...] -> [K, r0, s0, r1, s1, ...], summed over the r's
+        repeats, in_shape = a.static(1).astype(np.int64).tolist(), a.in_shape(0)
+        split = [d for r, s in zip(repeats, in_shape) for d in (r, s)]
+        g = a.b.reshape(a.grad(), [-1, *split], "g_tiles")
+        g = a.b.reduce("ReduceSum", g, [1 + 2 * k for k in range(len(repeats))], False, "g_sum")
+        a.add_grad(0, a.b.reshape(g, [-1, *in_shape], "g"))
 
 
 # Piecewise-constant and integer-valued ops, and shape queries: their linear part is zero.

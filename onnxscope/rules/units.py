@@ -15,8 +15,8 @@ import numpy as np
 
 from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
 
-# |u| below this uses the limit f'(0) (relative gain error there ~ |f''(0)/f'(0)| * eps / 2)
-SECANT_EPS = 1e-6
+# For f(0) != 0, |u| below this uses the limit f'(0) (relative gain error ~ |f''/f'| * eps / 2)
+SECANT_EPS = 1e-7
 
 
 def _const(c, value, i=0):
@@ -85,6 +85,15 @@ def _onnx_type(dtype) -> int:
     from onnx import helper
 
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def is_zero(m, u: str) -> str:
+    """u == 0 (Equal takes floats only from opset 11)."""
+    zero = m.b.const(np.asarray(0, m.dtype(u)))
+    if m.b.opset >= 11:
+        return m.b.op("Equal", [u, zero], "at_zero")
+    sides = [m.b.op("Greater", [u, zero]), m.b.op("Less", [u, zero])]
+    return m.b.op("Not", [m.b.op("Or", sides)], "at_zero")
 
 
 def _greater(m, u, threshold) -> str:
@@ -213,10 +222,14 @@ class HardSigmoid(PiecewiseUnit):
 
 
 class SecantUnit(Rule):
-    """f(u) = g*u + f(0) with g = (f(u0) - f(0)) / u0, and g = f'(0) where |u0| < eps."""
+    """f(u) = g*u + f(0) with g = (f(u0) - f(0)) / u0 (the limit f'(0) at u0 = 0).
+
+    Where f(0) = 0 the gain is y/u from the runtime's own output y, so A_x x + c_x reproduces
+    F(x) to the last bit even where y itself carries rounding. Where f(0) != 0, y - f(0) would
+    cancel, so `rise` computes f(u) - f(0) analytically and |u| < eps takes the limit.
+    """
 
     kind = "unit"
-    eps = SECANT_EPS
 
     def plan(self, node, lin, model) -> Plan:
         if any(lin[1:]):
@@ -241,10 +254,10 @@ class SecantUnit(Rule):
         u, y = node.input[0], node.output[0]
         k = lambda v: m.b.const(np.asarray(v, m.dtype(u)))  # noqa: E731
         secant = m.b.op("Div", [self.rise(node, m, u, y), u], "secant")
-        if self.eps:
-            near = m.b.op("Less", [m.b.op("Abs", [u], "abs_u"), k(self.eps)], "near_zero")
+        if self.f0(node):
+            near = m.b.op("Less", [m.b.op("Abs", [u], "abs_u"), k(SECANT_EPS)], "near_zero")
         else:
-            near = m.b.op("Equal", [u, k(0)], "at_zero")
+            near = is_zero(m, u)
         m.add("gain", m.b.op("Where", [near, k(self.d0(node)), secant], "gain"))
 
     def linear(self, node, c) -> None:
@@ -277,21 +290,6 @@ def _expm1(b, v: str) -> str:
     return b.op("Sub", [b.op("Exp", [v]), b.const(np.float64(1))], "expm1")
 
 
-def _negative_side(m, u: str, slope: float, scale: float, inner: float) -> str:
-    """rise of Elu/Celu/Selu: scale * (u if u > 0 else slope * expm1(u / inner))."""
-    neg = _in_double(
-        m,
-        u,
-        lambda b, v: b.op(
-            "Mul",
-            [_expm1(b, b.op("Div", [v, b.const(np.float64(inner))])), b.const(np.float64(slope))],
-        ),
-    )
-    zero = m.b.const(np.asarray(0, m.dtype(u)))
-    y = m.b.op("Where", [m.b.op("Greater", [u, zero]), u, neg], "rise")
-    return m.b.op("Mul", [y, m.b.const(np.asarray(scale, m.dtype(u)))]) if scale != 1 else y
-
-
 def _softplus_rise(b, v: str) -> str:
     # softplus(u) - log 2 = max(u, 0) + log(1 + exp(-|u|)) - log 2, evaluated in float64
     tail = b.op(
@@ -307,31 +305,14 @@ def _sigmoid_rise(n, m, u, y):
     return m.b.op("Mul", [m.b.op("Tanh", [m.b.op("Mul", [u, half])]), half], "rise")
 
 
-SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+SELU_GAMMA = 1.05070102214813232421875
 
 _secant("Sigmoid", lambda n: 0.5, lambda n: 0.25, _sigmoid_rise)
 _secant("Tanh", lambda n: 0.0, lambda n: 1.0)
 _secant("Erf", lambda n: 0.0, lambda n: 2.0 / math.sqrt(math.pi))
-_secant(
-    "Elu",
-    lambda n: 0.0,
-    lambda n: 1.0,
-    lambda n, m, u, y: _negative_side(m, u, attr(n, "alpha", 1.0), 1.0, 1.0),
-)
-_secant(
-    "Celu",
-    lambda n: 0.0,
-    lambda n: 1.0,
-    lambda n, m, u, y: _negative_side(m, u, attr(n, "alpha", 1.0), 1.0, attr(n, "alpha", 1.0)),
-)
-_secant(
-    "Selu",
-    lambda n: 0.0,
-    lambda n: float(attr(n, "gamma", SELU_GAMMA)),
-    lambda n, m, u, y: _negative_side(
-        m, u, attr(n, "alpha", SELU_ALPHA), attr(n, "gamma", SELU_GAMMA), 1.0
-    ),
-)
+_secant("Elu", lambda n: 0.0, lambda n: 1.0)  # at the kink u = 0: the right slope
+_secant("Celu", lambda n: 0.0, lambda n: 1.0)
+_secant("Selu", lambda n: 0.0, lambda n: float(attr(n, "gamma", SELU_GAMMA)))
 _secant(
     "Softplus",
     lambda n: math.log(2.0),
@@ -347,8 +328,6 @@ _secant("HardSwish", lambda n: 0.0, lambda n: 0.5)
 
 class PowerUnit(SecantUnit):
     """u^p = (u^(p-1)) * u: gain y/u through the origin (0 where u = 0); f(0) taken as 0."""
-
-    eps = 0.0
 
     def f0(self, node):
         return 0.0
