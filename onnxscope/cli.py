@@ -65,19 +65,48 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("-o", "--output", required=True, help="output folder")
 
-    sp = sub.add_parser("verify", help="check reconstruction and linearity at an input")
+    def inputs(sp):
+        sp.add_argument(
+            "--input",
+            action="append",
+            type=_input_arg,
+            default=[],
+            metavar="NAME=FILE.npy",
+            help="an input value (random when not given)",
+        )
+        sp.add_argument("--seed", type=int, default=0, help="seed of the random input")
+
+    sp = sub.add_parser("verify", help="check reconstruction, linearity and the adjoint")
     common(sp)
-    sp.add_argument(
-        "--input",
-        action="append",
-        type=_input_arg,
-        default=[],
-        metavar="NAME=FILE.npy",
-        help="an input value (random when not given)",
-    )
+    inputs(sp)
     sp.add_argument("--tol", type=float, default=1e-5, help="largest relative error accepted")
-    sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = sub.add_parser("rows", help="write rows A_x^T e_i (what output element i looks at)")
+    common(sp)
+    inputs(sp)
+    sp.add_argument(
+        "--index",
+        type=int,
+        action="append",
+        required=True,
+        help="flat output index (repeat for several)",
+    )
+    sp.add_argument("--output-name", help="which model output (default: the only one)")
+    sp.add_argument("-o", "--out", required=True, help="the .npy file to write [n, *x.shape]")
+
+    sp = sub.add_parser("votes", help="write pixel-wise votes x ⊙ A_x^T e_k of classes")
+    common(sp)
+    inputs(sp)
+    sp.add_argument(
+        "--class",
+        dest="classes",
+        type=int,
+        action="append",
+        help="class (flat output index) to explain; default: the top class",
+    )
+    sp.add_argument("--output-name", help="which model output (default: the only one)")
+    sp.add_argument("-o", "--out", required=True, help="the .npy file to write [n, *x.shape]")
     return p
 
 
@@ -185,7 +214,8 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def cmd_verify(args) -> int:
+def _interpret(args):
+    """The scope and its interpretation at the --input values (random ones where not given)."""
     from .model import graph_inputs, input_spec, resolve_input_shapes
 
     scope = _scope(args)
@@ -194,9 +224,7 @@ def cmd_verify(args) -> int:
         try:
             given[name] = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise InputError(
-                f"Could not read '{path}' for input '{name}' as a .npy file: {exc}"
-            ) from None
+            raise InputError(f"Could not read '{path}' for input '{name}' as .npy: {exc}") from None
     shapes = dict(args.input_shape)
     shapes.update({k: v.shape for k, v in given.items()})
     shapes = resolve_input_shapes(scope.model, shapes)
@@ -211,7 +239,12 @@ def cmd_verify(args) -> int:
         else:
             feeds[vi.name] = np.zeros(shapes[vi.name], dtype)
     x = feeds.pop(scope.wrt)
-    errors = scope.interpret(x, **feeds).verify(seed=args.seed)
+    return scope, scope.interpret(x, **feeds)
+
+
+def cmd_verify(args) -> int:
+    scope, it = _interpret(args)
+    errors = it.verify(seed=args.seed)
     ok = all(v <= args.tol for v in errors.values())
     if args.json:
         print(json.dumps({**errors, "tol": args.tol, "ok": ok, "wrt": scope.wrt}))
@@ -221,7 +254,46 @@ def cmd_verify(args) -> int:
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
-COMMANDS = {"inspect": cmd_inspect, "rewrite": cmd_rewrite, "verify": cmd_verify}
+def cmd_rows(args) -> int:
+    _, it = _interpret(args)
+    rows = it.rows(args.index, args.output_name)
+    _save_npy(args.out, rows)
+    print(f"Wrote {len(rows)} row(s) {tuple(rows.shape[1:])} to {args.out}.")
+    return EXIT_OK
+
+
+def cmd_votes(args) -> int:
+    _, it = _interpret(args)
+    name = args.output_name or it._single_name()
+    classes = args.classes or [int(np.argmax(it.outputs[name]))]
+    maps = np.stack([it.votes(k, name) for k in classes])
+    _save_npy(args.out, maps)
+    rows = []
+    for k in classes:
+        p = it.bias_share(k, name)
+        rows.append(
+            (k, f"{p['output']:.6g}", f"{p['votes']:.6g}", f"{p['bias']:.6g}", f"{p['share']:.3f}")
+        )
+    _table(("class", "output", "sum of votes", "bias", "bias share"), rows)
+    print(f"Wrote {len(maps)} vote map(s) to {args.out}.")
+    return EXIT_OK
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomic(os.path.abspath(path), buffer.getvalue())
+
+
+COMMANDS = {
+    "inspect": cmd_inspect,
+    "rewrite": cmd_rewrite,
+    "verify": cmd_verify,
+    "rows": cmd_rows,
+    "votes": cmd_votes,
+}
 
 
 if __name__ == "__main__":

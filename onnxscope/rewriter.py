@@ -127,6 +127,7 @@ class Artifacts:
     adjoint_imports: dict[str, str] = field(default_factory=dict)
     adjoint_probes: dict[str, str] = field(default_factory=dict)  # model output -> graph input
     adjoint_error: str | None = None
+    rewrite: Rewrite | None = field(default=None, repr=False)  # builds optional graphs later
 
     def files(self) -> dict[str, bytes]:
         files = {
@@ -172,6 +173,7 @@ class Rewrite:
             manifest["adjoint_inputs"] = {"probes": adj_probes, "masks": adj_imports}
         else:
             manifest["adjoint_unavailable"] = adj_error
+        self._records, self._taken = records, taken
         return Artifacts(
             mask_model,
             lin_model,
@@ -183,6 +185,7 @@ class Rewrite:
             adj_imports,
             adj_probes,
             adj_error,
+            rewrite=self,
         )
 
     # -- mask graph ----------------------------------------------------------------------------
@@ -267,6 +270,58 @@ class Rewrite:
             b.nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
         )
         return _model_like(m.model, graph, "bias" if affine else "linear"), dict(c.imports)
+
+    def bias_layers(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
+        """A graph splitting c_x by the node that injects each bias or intercept.
+
+        Input `selector` [K, L] picks, per slice, which of the L needed nodes keep their affine
+        terms: node l emits lin + selector[:, l] * (affine - lin), and affine - lin is exactly the
+        constant the node adds. At z = 0, selector = I gives node l's share of c_x in slice l;
+        the shares sum to c_x by linearity. Returns (model, imports, node labels).
+        """
+        m = self.model
+        b = GraphBuilder(m.opset, self._taken | {"selector"})
+        x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
+        count = b.slice(b.op("Shape", ["selector"]), [0], [1], [0], "count")
+        probe = b.op(
+            "Expand",
+            [
+                b.const(np.zeros((), x_dtype)),
+                b.op("Concat", [count, b.ints(x_shape)], "zshape", axis=0),
+            ],
+        )
+        c = LinearContext(self, b, probe, affine=False)
+        labels = []
+        for position, idx in enumerate(self.analysis.needed):
+            node = m.nodes[idx]
+            c.node, c.record, c.plan = node, self._records[idx], self.analysis.plans[idx]
+            b.prefix = f"{node_label(node, idx)}/"
+            labels.append(node_label(node, idx))
+            rule = rule_for(node)
+            c.affine = False
+            rule.linear(node, c)
+            plain = {j: c.env[node.output[j]] for j in c.plan.lin_outputs}
+            c.affine = True
+            rule.linear(node, c)
+            pick = b.slice("selector", [position], [position + 1], [1], "pick")
+            for j, lin in plain.items():
+                rank = len(m.shape(node.output[j]))
+                gate = b.reshape(pick, [-1, *([1] * rank)], "gate")
+                added = b.op("Sub", [c.env[node.output[j]], lin], "added")
+                c.env[node.output[j]] = b.op("Add", [lin, b.op("Mul", [gate, added])], "mixed")
+        b.prefix = ""
+        outputs = []
+        for name in m.outputs:
+            result = c.env.get(name) or c.zeros(m.shape(name), m.dtype(name))
+            out = b.op("Identity", [result], outputs=[name])
+            outputs.append(_vi(out, m.dtype(name), ["K", *m.shape(name)]))
+        inputs = [_vi("selector", x_dtype, ["K", len(labels)])]
+        for name, source in c.imports.items():
+            inputs.append(_vi(name, self._mask_dtype(source), self._mask_shape(source)))
+        graph = helper.make_graph(
+            b.nodes, "bias_layers", inputs, outputs, list(b.initializers.values())
+        )
+        return _model_like(m.model, graph, "bias by layer"), dict(c.imports), labels
 
     def _adjoint(self, records, taken):
         """The adjoint graph: output-space probes w (one input per model output) -> A_x^T w."""

@@ -28,7 +28,15 @@ class _Sessions:
         self.bias = make(artifacts.bias)
         self.adjoint = make(artifacts.adjoint) if artifacts.adjoint is not None else None
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]
+        self._make, self._bias_layers = make, None
         self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
+
+    def bias_layers(self):
+        """(session, imports, node labels) of the bias-by-layer graph, built on first use."""
+        if self._bias_layers is None:
+            model, imports, labels = self.artifacts.rewrite.bias_layers()
+            self._bias_layers = (self._make(model), imports, labels)
+        return self._bias_layers
 
 
 class LinearScope:
@@ -226,6 +234,51 @@ class Interpretation:
         probes = np.zeros((len(idx), size), self.x.dtype)
         probes[np.arange(len(idx)), idx] = 1
         return self.apply(probes.reshape(len(idx), *self.x.shape))
+
+    # -- readings ------------------------------------------------------------------------------
+    def votes(self, k, output: str | None = None) -> np.ndarray:
+        """Pixel-wise votes for output element k (a class index for a classifier): x ⊙ A_x^T e_k,
+        shaped like x. votes(k).sum() + bias.flat[k] equals the logit k."""
+        return self.x * self.rows([k], output)[0]
+
+    def bias_share(self, k, output: str | None = None) -> dict[str, float]:
+        """How much of output k comes from the bias: |c_k| / (|Σ votes| + |c_k|), with the parts."""
+        name = output or self._single_name()
+        votes = float(self.votes(k, name).sum(dtype=np.float64))
+        bias = float(self.biases[name].ravel()[k])
+        total = abs(votes) + abs(bias)
+        return {
+            "share": abs(bias) / total if total else 0.0,
+            "votes": votes,
+            "bias": bias,
+            "output": float(self.outputs[name].ravel()[k]),
+        }
+
+    def as_linear_operator(self, output: str | None = None, input_region=None, output_region=None):
+        """A_x as a scipy.sparse.linalg.LinearOperator (matvec: linear graph, rmatvec: adjoint),
+        optionally restricted to crops (tuples of slices) of the input and the output."""
+        from .spectrum import linear_operator
+
+        return linear_operator(self, output, input_region, output_region)
+
+    def svd(self, k: int, region=None, output: str | None = None):
+        """Top-k singular triplets of A_x (or of a crop): (U, s, Vt), largest first."""
+        from .spectrum import svd
+
+        return svd(self, k, output, region)
+
+    def bias_by_layer(self, output: str | None = None) -> dict[str, np.ndarray]:
+        """c_x split by the node whose bias or intercept it comes from (nodes adding nothing are
+        left out); the parts sum to c_x. Keys are node names, values output-shaped."""
+        name = output or self._single_name()
+        model, imports, labels = self._s.bias_layers()
+        parts = []
+        eye = np.eye(len(labels), dtype=self.x.dtype)
+        for start in range(0, len(labels), self.scope.probe_batch):
+            feeds = {"selector": eye[start : start + self.scope.probe_batch]}
+            parts.append(self._run(model, imports, feeds)[name])
+        shares = np.concatenate(parts)
+        return {label: share for label, share in zip(labels, shares) if np.any(share)}
 
     def verify(self, seed: int = 0) -> dict[str, float]:
         """Relative errors: reconstruction F(x) vs A_x x + c_x, and linearity of A_x."""
