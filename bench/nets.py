@@ -1,28 +1,18 @@
-"""Architectures for benchmarks, defined here (no torchvision): ResNet-18 at any input size."""
+"""Architectures for benchmarks (no torchvision): ResNet-18 at any input size, built from the
+test suite's basic block (tests/torch_models.py) so the two never drift apart."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import torch
 from torch import nn
 
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return torch.relu(y + (x if self.down is None else self.down(x)))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
+from torch_models import BasicBlock  # noqa: E402
 
 
 class ResNet18(nn.Module):
