@@ -214,7 +214,12 @@ class AnalyzedModel:
         return runtime
 
     def _run_once(self) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
-        """Run the graph once on dummy data with every tensor exposed: shapes, dtypes, constants."""
+        """Shapes, dtypes and constants from ONNX shape inference and one run on dummy data.
+
+        The run exposes every static tensor (their values are needed) and the runtime tensors
+        whose shape inference left open; the other runtime tensors stay internal, so the run
+        costs about one forward pass of memory, not the sum of all activations.
+        """
         from .runtime import ort, session_options
 
         fixed = onnx.ModelProto()
@@ -229,15 +234,22 @@ class AnalyzedModel:
             inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
         except Exception:
             inferred = fixed
-        types = {
-            vi.name: vi.type.tensor_type.elem_type
-            for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
-        }
+        typed = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+        types, inferred_info = {}, {}
+        for vi in typed:
+            t = vi.type.tensor_type
+            if not (vi.type.HasField("tensor_type") and t.elem_type):
+                continue
+            types[vi.name] = t.elem_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            if t.HasField("shape") and all(d >= 0 for d in dims):
+                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+                inferred_info[vi.name] = TensorInfo(tuple(dims), dtype)
         listed = {o.name for o in fixed.graph.output}
         for n in self.nodes:
             for o in n.output:
-                if o and o not in listed and o in types:
+                needed = o not in self.runtime or o not in inferred_info
+                if o and needed and o not in listed and o in types:
                     fixed.graph.output.append(helper.make_tensor_value_info(o, types[o], None))
                     listed.add(o)
         feeds = {}
@@ -261,8 +273,8 @@ class AnalyzedModel:
                 f"ONNX Runtime cannot run this model with input shapes {self.input_shapes}: "
                 f"{str(exc).splitlines()[0]}"
             ) from None
-        info, static = {}, {}
-        for name, value in zip(names, values):
+        info, static = dict(inferred_info), {}
+        for name, value in zip(names, values):  # what ran overrides what was inferred
             value = np.asarray(value)
             info[name] = TensorInfo(tuple(value.shape), value.dtype)
             if name not in self.runtime:
