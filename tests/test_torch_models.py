@@ -5,6 +5,12 @@ its model outputs equal the torch forward and a plain ONNX Runtime run of the ex
 A_x z and c_x equal an independent torch reference of the frozen network (tests/torch_models.py,
 computed in float64). For the piecewise-linear networks, A_x z and the columns A_x e_j equal
 torch's Jacobian-vector products at x, and for the ResNet c_x agrees with F(x) − A_x x.
+
+The transposed (adjoint) interpreter A_x^T, run from its own ONNX graph: verify()'s adjoint
+identity |<A z, w> − <z, A^T w>| ≤ 1e-5·‖A z‖‖w‖ for every model × exporter, and the same identity
+over a grid of probes and cotangents; A_x^T w equals the torch reference's transpose (autograd
+through the frozen float64 network, smooth units included); and on the piecewise-linear networks
+the rows A_x^T e_i and A_x^T w equal torch.func.vjp at x (A_x^T is the transposed Jacobian).
 """
 
 from __future__ import annotations
@@ -56,6 +62,31 @@ def cases(test: str, names=None, exporters=EXPORTERS):
 def rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def vjp(module, x: torch.Tensor, cotangents: np.ndarray) -> np.ndarray:
+    """torch.func.vjp(F, x)[1](w) for every cotangent w (shaped like F(x)), module in eval mode:
+    one linearization at x, then one pullback per cotangent."""
+    _, pullback = torch.func.vjp(module, x)
+    outs = []
+    for w in cotangents:
+        (dx,) = pullback(torch.from_numpy(np.ascontiguousarray(w)))
+        outs.append(dx.detach().numpy())
+    return np.stack(outs)
+
+
+def one_hot(idx, shape) -> np.ndarray:
+    """e_i for each flat index i, each shaped `shape`."""
+    out = np.zeros((len(idx), int(np.prod(shape))), np.float32)
+    out[np.arange(len(idx)), idx] = 1
+    return out.reshape(len(idx), *shape)
+
+
+def rel_each(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Relative error of each leading-axis slice."""
+    k = len(want)
+    got, want = got.reshape(k, -1).astype(np.float64), want.reshape(k, -1).astype(np.float64)
+    return np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-300)
 
 
 def jvp(module, x: torch.Tensor, tangents: np.ndarray) -> np.ndarray:
@@ -162,6 +193,50 @@ def test_matches_torch_reference_interpreter(model_case, name, exporter):
     assert bias_err <= EXACT
 
 
+# -- the transposed interpreter, every model × exporter ------------------------------------------
+@pytest.mark.parametrize(("name", "exporter"), cases("verify_adjoint"))
+def test_verify_adjoint(model_case, name, exporter):
+    """verify() checks <A z, w> = <z, A^T w> at one random (z, w) through the adjoint graph."""
+    errors = model_case(name, exporter).it.verify()
+    assert "adjoint" in errors, f"no adjoint check: {errors}"
+    print(f"{name}-{exporter}: adjoint {errors['adjoint']:.2e}")
+    assert errors["adjoint"] <= EXACT, errors
+
+
+@pytest.mark.parametrize(("name", "exporter"), cases("adjoint_grid"))
+def test_adjoint_identity_over_a_grid(model_case, name, exporter):
+    """<A z_i, w_j> = <z_i, A^T w_j> for 5 probes × 19 cotangents (a partial second batch), each
+    pair to 1e-5·‖A z_i‖‖w_j‖: one random pair can miss a wrong transpose, a grid rarely does."""
+    it = model_case(name, exporter).it
+    rng = np.random.default_rng(13)
+    z = rng.standard_normal((5, *it.x.shape)).astype(np.float32)
+    w = rng.standard_normal((it.scope.probe_batch + 3, *it.output.shape)).astype(np.float32)
+    az = it.apply(z).reshape(len(z), -1).astype(np.float64)
+    atw = it.apply_T(w)
+    assert atw.shape == (len(w), *it.x.shape) and atw.dtype == it.x.dtype
+    wf, atwf = w.reshape(len(w), -1).astype(np.float64), atw.reshape(len(w), -1).astype(np.float64)
+    lhs = az @ wf.T  # <A z_i, w_j>
+    rhs = z.reshape(len(z), -1).astype(np.float64) @ atwf.T  # <z_i, A^T w_j>
+    scale = np.outer(np.linalg.norm(az, axis=1), np.linalg.norm(wf, axis=1))
+    worst = float(np.max(np.abs(lhs - rhs) / scale))
+    print(f"{name}-{exporter}: adjoint grid {worst:.2e}")
+    assert worst <= EXACT
+
+
+@pytest.mark.parametrize(("name", "exporter"), cases("adjoint_reference"))
+def test_apply_T_matches_torch_reference_transpose(model_case, name, exporter):
+    """A_x^T w equals the transpose of the torch reference interpreter (autograd through the
+    frozen float64 network), so smooth units, gates and frozen norms are transposed correctly."""
+    case = model_case(name, exporter)
+    w = np.random.default_rng(17).standard_normal((3, *case.it.output.shape)).astype(np.float32)
+    want = tm.reference_adjoint(case.module, case.x, torch.from_numpy(w)).numpy()
+    got = case.it.apply_T(w)
+    assert got.shape == want.shape
+    errs = rel_each(got, want)
+    print(f"{name}-{exporter}: apply_T vs reference transpose {errs.max():.2e}")
+    assert errs.max() <= EXACT, errs
+
+
 # -- piecewise-linear networks: A_x is the Jacobian at x --------------------------------------
 @pytest.mark.parametrize(("name", "exporter"), cases("jvp", JACOBIAN_MODELS + ["unet"]))
 def test_apply_equals_jvp(model_case, name, exporter):
@@ -194,6 +269,45 @@ def test_columns_equal_jvp_one_hot(model_case, name, exporter):
     assert errs.max() <= EXACT, errs
 
 
+@pytest.mark.parametrize(("name", "exporter"), cases("rows", PIECEWISE))
+def test_rows_equal_vjp_one_hot(model_case, name, exporter):
+    """Row i of A_x is the gradient of output i at x: A_x^T e_i = vjp(F, x)(e_i)."""
+    case = model_case(name, exporter)
+    out_shape = case.it.output.shape
+    n = int(np.prod(out_shape))
+    rest = np.random.default_rng(19).choice(np.arange(1, n - 1), min(8, n - 2), replace=False)
+    idx = np.concatenate([[0, n - 1], rest])
+    got = case.it.rows(idx)
+    want = vjp(case.module, case.x, one_hot(idx, out_shape))
+    assert got.shape == want.shape == (len(idx), *case.x.shape)
+    assert got.dtype == case.x_np.dtype
+    # every output here reads some input: no row is (near) zero, so each is compared on its own
+    norms = np.linalg.norm(want.reshape(len(idx), -1), axis=1)
+    assert norms.min() > 1e-3 * norms.max(), norms
+    errs = rel_each(got, want)
+    print(f"{name}-{exporter}: rows vs vjp {errs.max():.2e} over {len(idx)} rows")
+    assert errs.max() <= EXACT, errs
+    # a negative index counts from the end, as in numpy
+    np.testing.assert_array_equal(case.it.rows([-1])[0], got[1])
+
+
+@pytest.mark.parametrize(("name", "exporter"), cases("apply_T", PIECEWISE))
+def test_apply_T_equals_vjp(model_case, name, exporter):
+    """A_x^T w = vjp(F, x)(w) for random cotangents with leading dims (5, 7): 35 cotangents, so
+    two full probe batches of 16 and a partial one of 3."""
+    case = model_case(name, exporter)
+    lead = (5, 7)
+    assert np.prod(lead) % case.it.scope.probe_batch != 0
+    w = np.random.default_rng(23).standard_normal((*lead, *case.it.output.shape))
+    w = w.astype(np.float32)
+    got = case.it.apply_T(w)
+    assert got.shape == (*lead, *case.x.shape)
+    want = vjp(case.module, case.x, w.reshape(-1, *case.it.output.shape))
+    errs = rel_each(got.reshape(want.shape), want)
+    print(f"{name}-{exporter}: apply_T vs vjp {errs.max():.2e} over {len(errs)} cotangents")
+    assert errs.max() <= EXACT, errs
+
+
 @pytest.mark.parametrize(("name", "exporter"), cases("batch2", JACOBIAN_MODELS + ["unet"]))
 def test_batch_of_two_equals_jvp(export_case, name, exporter):
     """N = 2: MaxPool selections index the flattened N·C·H·W tensor; samples must not mix."""
@@ -208,6 +322,14 @@ def test_batch_of_two_equals_jvp(export_case, name, exporter):
     z0 = np.zeros_like(z[:1])
     z0[:, 0] = z[:1, 0]
     assert np.all(case.it.apply(z0)[:, 1] == 0)
+    # the adjoint graph too: its MaxPool scatter must send each sample's cotangent to that sample
+    assert errors["adjoint"] <= EXACT, errors
+    w = np.random.default_rng(6).standard_normal((3, *case.it.output.shape)).astype(np.float32)
+    errs = rel_each(case.it.apply_T(w), vjp(case.module, case.x, w))
+    assert errs.max() <= EXACT, errs
+    w0 = np.zeros_like(w[:1])
+    w0[:, 0] = w[:1, 0]
+    assert np.all(case.it.apply_T(w0)[:, 1] == 0)
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("flat", JACOBIAN_MODELS, ("legacy",)))
@@ -223,6 +345,11 @@ def test_flat_image_ties_follow_torch(export_case, name, exporter):
     z = np.random.default_rng(4).standard_normal((4, *x.shape)).astype(np.float32)
     errs = [rel(g, w) for g, w in zip(case.it.apply(z), jvp(case.module, case.x, z))]
     assert max(errs) <= EXACT, errs
+    # the adjoint scatters each pooled cotangent back to the same (first) maximum
+    assert errors["adjoint"] <= EXACT, errors
+    w = np.random.default_rng(8).standard_normal((4, *case.it.output.shape)).astype(np.float32)
+    errs = rel_each(case.it.apply_T(w), vjp(case.module, case.x, w))
+    assert errs.max() <= EXACT, errs
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("bias", ["resnet"]))
@@ -282,3 +409,22 @@ def test_reference_interpreter_is_the_jacobian_on_piecewise_models(name):
     # and it is exactly affine: F̂(x) = A x + c in float64
     _, ax, _, _ = tm.reference_interpreter(module, x, x[None])
     assert rel(ax[0] + c, f) <= 1e-12
+    # and its transpose (used for the smooth models above) is the vector-Jacobian product here
+    w = np.random.default_rng(10).standard_normal((2, *f.shape)).astype(np.float32)
+    atw = tm.reference_adjoint(module, x, torch.from_numpy(w)).numpy()
+    assert rel_each(atw, vjp(module, x, w)).max() <= EXACT
+
+
+def test_reference_adjoint_is_the_transpose_of_the_reference():
+    """<A z, w> = <z, A^T w> for the torch reference itself, on a model with smooth units, gates
+    and frozen norms (so the reference transpose is not just checked where it is a vjp)."""
+    for name in ("mobilenetv3", "cyclegan", "convnext", "efficientnet"):
+        module, x = tm.build(name)
+        rng = np.random.default_rng(12)
+        z = torch.from_numpy(rng.standard_normal((3, *x.shape)))
+        _, az, _, _ = tm.reference_interpreter(module, x, z)
+        w = torch.from_numpy(rng.standard_normal((3, *az.shape[1:])))
+        atw = tm.reference_adjoint(module, x, w)
+        lhs = az.flatten(1) @ w.flatten(1).T
+        rhs = z.flatten(1) @ atw.flatten(1).T
+        assert rel(lhs.numpy(), rhs.numpy()) <= 1e-12, name

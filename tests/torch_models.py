@@ -495,16 +495,17 @@ class _FreezeAtFirst(TorchFunctionMode):
         return rule(*args, **kwargs)
 
 
-def reference_interpreter(module: nn.Module, x: torch.Tensor, z: torch.Tensor,
-                          dtype=torch.float64):
-    """(F(x), A_x z, c_x, hits) from the torch reference; z is (K, *x.shape). Computed in `dtype`
-    on a copy of the module, so the reference is independent of ONNX float32 rounding."""
+def _frozen_forward(module: nn.Module, x: torch.Tensor, z: torch.Tensor, dtype, grad: bool):
+    """Run [x, z_1 … z_K, 0] through a `dtype` copy of the module with every unit frozen at x.
+    Returns (F(x), A_x z (K, *F.shape), c_x, hits, the probe batch fed in)."""
     import copy
 
     ref = copy.deepcopy(module).to(dtype).eval()
     k = z.shape[0]
-    batch = torch.cat([x.to(dtype), z.reshape(k * x.shape[0], *x.shape[1:]).to(dtype),
-                       torch.zeros_like(x, dtype=dtype)])
+    probes = z.reshape(k * x.shape[0], *x.shape[1:]).to(dtype)
+    if grad:
+        probes = probes.detach().requires_grad_(True)
+    batch = torch.cat([x.to(dtype), probes, torch.zeros_like(x, dtype=dtype)])
     mode = _FreezeAtFirst()
 
     def enter(*_):
@@ -517,12 +518,33 @@ def reference_interpreter(module: nn.Module, x: torch.Tensor, z: torch.Tensor,
         if isinstance(m, nn.Sigmoid):
             m.register_forward_pre_hook(enter)
             m.register_forward_hook(leave)
-    with torch.no_grad(), mode:
+    with torch.set_grad_enabled(grad), mode:
         out = ref(batch)
     n = x.shape[0]
     assert n == 1, "element 0 of the batch carries the decisions"
-    f, probes, c = out[:n], out[n:-n], out[-n:]
-    return f, (probes - c).reshape(k, *f.shape), c, mode.hits
+    f, az, c = out[:n], out[n:-n], out[-n:]
+    return f, (az - c).reshape(k, *f.shape), c, mode.hits, probes
+
+
+def reference_interpreter(module: nn.Module, x: torch.Tensor, z: torch.Tensor,
+                          dtype=torch.float64):
+    """(F(x), A_x z, c_x, hits) from the torch reference; z is (K, *x.shape). Computed in `dtype`
+    on a copy of the module, so the reference is independent of ONNX float32 rounding."""
+    f, az, c, hits, _ = _frozen_forward(module, x, z, dtype, grad=False)
+    return f, az, c, hits
+
+
+def reference_adjoint(module: nn.Module, x: torch.Tensor, w: torch.Tensor,
+                      dtype=torch.float64) -> torch.Tensor:
+    """A_x^T w_k for every cotangent w_k (w is (K, *F(x).shape)), from the torch reference: the
+    gradient of Σ_k <A_x z_k, w_k> with respect to the probes z. The frozen network is affine in
+    z (every decision and gate is read off row x, which does not depend on z), so this gradient is
+    exactly the transposed interpreter, for smooth units (secant gains, frozen gates) as well."""
+    k = w.shape[0]
+    z = torch.zeros(k, *x.shape, dtype=dtype)
+    _, az, _, _, probes = _frozen_forward(module, x, z, dtype, grad=True)
+    (grad,) = torch.autograd.grad((az * w.to(dtype)).sum(), probes)
+    return grad.reshape(k, *x.shape).detach()
 
 
 # -- a segmentation-style sigmoid head (a smooth unit with f(0) ≠ 0) ---------------------------
