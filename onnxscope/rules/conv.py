@@ -6,6 +6,8 @@ restores the input size; ConvTranspose's transpose is Conv. Both are written wit
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..registry import Plan, Rule, Unsupported, attr, register
 
 
@@ -59,31 +61,57 @@ class Conv(Rule):
         x_shape, w_shape, y_shape = a.in_shape(0), a.in_shape(1), a.out_shape()
         transposed = node.op_type == "ConvTranspose"
         strides, dilations, pads = conv_geometry(node, x_shape, w_shape, y_shape, transposed)
-        geometry = dict(
-            strides=strides,
-            dilations=dilations,
-            pads=pads,
-            group=attr(node, "group", 1),
-            kernel_shape=list(w_shape[2:]),
-        )
+        spatial, group = len(x_shape) - 2, attr(node, "group", 1)
+        kernel = list(w_shape[2:])
+        weights = a.value(1)
         if transposed:  # ConvTranspose^T = Conv (cross-correlation with the same W)
             op = "Conv"
+        elif all(s == 1 for s in strides) and all(
+            p <= (k - 1) * d for p, k, d in zip(pads, kernel * 2, dilations * 2)
+        ):  # stride 1: Conv^T is a Conv with the flipped, transposed kernel (faster in ORT)
+            op = "Conv"
+            weights = _flipped_transposed(a, weights, w_shape, group)
+            pads = [(k - 1) * d - p for p, k, d in zip(pads, kernel * 2, dilations * 2)]
         else:  # Conv^T = ConvTranspose, with the output_padding that gives back x's size
             op = "ConvTranspose"
-            spatial = len(x_shape) - 2
+        geometry = dict(
+            strides=strides, dilations=dilations, pads=pads, group=group, kernel_shape=kernel
+        )
+        if op == "ConvTranspose":
             geometry["output_padding"] = [
                 x_shape[k + 2]
                 + pads[k]
                 + pads[k + spatial]
-                - ((y_shape[k + 2] - 1) * strides[k] + (w_shape[k + 2] - 1) * dilations[k] + 1)
+                - ((y_shape[k + 2] - 1) * strides[k] + (kernel[k] - 1) * dilations[k] + 1)
                 for k in range(spatial)
             ]
         folded = a.b.reshape(a.grad(), [-1, *y_shape[1:]], "fold")
         if op == "Conv" and min(pads) < 0:  # a negative pad crops the cotangent first
-            spatial = len(pads) // 2
             crop = [min(p, 0) for p in pads]
             crop = [0, 0, *crop[:spatial], 0, 0, *crop[spatial:]]
             folded = a.b.op("Pad", [folded, a.b.ints(crop, "crop")], "crop")
             geometry["pads"] = [max(p, 0) for p in pads]
-        g = a.b.op(op, [folded, a.value(1)], "g", **geometry)
+        g = a.b.op(op, [folded, weights], "g", **geometry)
         a.add_grad(0, a.b.reshape(g, [-1, *x_shape], "unfold"))
+
+
+def _flipped_transposed(a, w: str, w_shape, group: int) -> str:
+    """W [M, C/g, *k] -> W' [C, M/g, *k] with W'[c, m] = W[m, c] flipped in space, per group:
+    the kernel of the stride-1 convolution's transpose."""
+    m, c_g, *kernel = w_shape
+    w = a.b.reshape(w, [group, m // group, c_g, *kernel], "w_groups")
+    w = a.b.op("Transpose", [w], "w_t", perm=[0, 2, 1, *range(3, 3 + len(kernel))])
+    w = a.b.reshape(w, [group * c_g, m // group, *kernel], "w_t")
+    axes = list(range(2, 2 + len(kernel)))
+    big = np.iinfo(np.int64).max
+    return a.b.op(
+        "Slice",
+        [
+            w,
+            a.b.ints([-1] * len(axes)),
+            a.b.ints([-big] * len(axes)),
+            a.b.ints(axes),
+            a.b.ints([-1] * len(axes)),
+        ],
+        "w_flipped",
+    )
