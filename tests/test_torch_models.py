@@ -291,6 +291,21 @@ def test_rows_equal_vjp_one_hot(model_case, name, exporter):
     np.testing.assert_array_equal(case.it.rows([-1])[0], got[1])
 
 
+@pytest.mark.parametrize(("name", "exporter"), cases("votes", ["resnet", "leaky_prelu"]))
+def test_votes_and_bias_reproduce_each_logit(model_case, name, exporter):
+    """For the classifiers: votes x ⊙ (x-gradient of logit k) sum with c_k to logit k, and the
+    votes equal x times torch's gradient."""
+    case = model_case(name, exporter)
+    logits, bias = case.it.output.ravel(), case.it.bias.ravel()
+    for k in range(len(logits)):
+        votes = case.it.votes(k)
+        grad = vjp(case.module, case.x, one_hot([k], case.it.output.shape))[0]
+        np.testing.assert_allclose(votes, case.x_np * grad, rtol=1e-4, atol=1e-6)
+        total = float(votes.sum(dtype=np.float64)) + float(bias[k])
+        scale = float(np.abs(logits).max())
+        assert total == pytest.approx(float(logits[k]), rel=1e-5, abs=1e-5 * scale)
+
+
 @pytest.mark.parametrize(("name", "exporter"), cases("apply_T", PIECEWISE))
 def test_apply_T_equals_vjp(model_case, name, exporter):
     """A_x^T w = vjp(F, x)(w) for random cotangents with leading dims (5, 7): 35 cotangents, so
