@@ -44,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp):
-        sp.add_argument("model", help="path to the .onnx model (never modified)")
+    def common(sp, optional_model=False):
+        sp.add_argument(
+            "model",
+            nargs="?" if optional_model else None,
+            help="path to the .onnx model (never modified)",
+        )
         sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
         sp.add_argument(
             "--input-shape",
@@ -58,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     sp = sub.add_parser("inspect", help="list the nonlinear units, gates and unsupported nodes")
-    common(sp)
+    common(sp, optional_model=True)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument(
+        "--ops",
+        action="store_true",
+        help="instead: every ONNX op and how onnxscope handles it (the coverage ledger)",
+    )
 
     sp = sub.add_parser("rewrite", help="write mask.onnx, linear.onnx, bias.onnx and a manifest")
     common(sp)
@@ -137,6 +146,17 @@ def _scope(args):
 def cmd_inspect(args) -> int:
     from .rewriter import Analysis
 
+    if args.ops:
+        from .registry import coverage
+
+        rows = coverage()
+        if args.json:
+            print(json.dumps([dict(zip(("op", "status", "adjoint"), r)) for r in rows], indent=2))
+        else:
+            _table(("op", "status", "adjoint"), rows)
+        return EXIT_OK
+    if not args.model:
+        raise InputError("inspect needs a MODEL (or --ops for the list of supported ops).")
     scope = _scope(args)
     model = scope.analyze(dict(args.input_shape))
     analysis = Analysis(model, scope.wrt)

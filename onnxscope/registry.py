@@ -74,6 +74,32 @@ def register(*op_types: str):
     return wrap
 
 
+def coverage() -> list[tuple[str, str, str]]:
+    """(op, status, adjoint) for every op of the default ONNX domain, sorted: the ledger behind
+    `onnxscope inspect --ops` and docs/op-coverage.txt."""
+    from . import rules  # noqa: F401  (fills RULES)
+
+    ops = {s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")}
+    rows = []
+    for op in sorted(ops | set(RULES)):
+        rule = RULES.get(op)
+        if rule is None:
+            rows.append((op, "no rule: refused on the input's path", "-"))
+            continue
+        status = {
+            "affine": "linear",
+            "unit": "frozen unit",
+            "selection": "selection",
+            "gate": "frozen gate",
+            "value": "value (zero linear part)",
+        }[rule.kind]
+        if rule.kind == "value":
+            rows.append((op, status, "not needed"))
+        else:
+            rows.append((op, status, "yes" if type(rule).adjoint is not Rule.adjoint else "no"))
+    return rows
+
+
 def rule_for(node: onnx.NodeProto) -> Rule | None:
     if node.domain not in ("", "ai.onnx"):
         return None

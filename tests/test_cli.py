@@ -225,3 +225,13 @@ def test_unsupported_ops_are_all_listed(tmp_path):
     proc = run_cli("inspect", str(path))
     assert proc.returncode == 1
     assert "TopK" in proc.stdout and "LpNormalization" in proc.stdout
+
+
+def test_the_committed_coverage_ledger_is_current():
+    """docs/op-coverage.txt is `onnxscope inspect --ops`: rule changes show up in review."""
+    proc = run_cli("inspect", "--ops")
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(ROOT, "docs", "op-coverage.txt")) as f:
+        committed = f.read()
+    assert proc.stdout == committed, "regenerate: onnxscope inspect --ops > docs/op-coverage.txt"
+    assert "Relu " in committed and "no rule" in committed
