@@ -137,7 +137,12 @@ class TensorInfo:
 class AnalyzedModel:
     """A model plus, for fixed input shapes, every tensor's shape/dtype and every static value."""
 
-    def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        input_shapes: Mapping[str, tuple[int, ...]],
+        values: Mapping[str, np.ndarray] | None = None,
+    ):
         self.model = model
         self.graph = model.graph
         self.opset = default_opset(model)
@@ -154,6 +159,7 @@ class AnalyzedModel:
                     self.consumers.setdefault(i, []).append(n)
         self._check_order()
         self.runtime = self._runtime_tensors()
+        self._values = dict(values or {})  # real input values for the analysis run, if known
         self._facts: tuple[dict[str, TensorInfo], dict[str, np.ndarray]] | None = None
 
     @property
@@ -257,7 +263,9 @@ class AnalyzedModel:
         for vi in graph_inputs(fixed):
             _, dtype = input_spec(vi)
             shape = self.input_shapes[vi.name]
-            if np.issubdtype(dtype, np.floating):
+            if vi.name in self._values:
+                feeds[vi.name] = np.asarray(self._values[vi.name], dtype)
+            elif np.issubdtype(dtype, np.floating):
                 feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
             else:
                 feeds[vi.name] = np.zeros(shape, dtype)

@@ -93,6 +93,17 @@ class Analysis:
                 self.needed.append(idx)
                 need.update(node.input[i] for i in plan.carried)
         self.needed.reverse()
+        if not problems:  # (needs the model's shapes: only once every node has a rule)
+            for idx in self.needed:
+                node = model.nodes[idx]
+                empty = [
+                    node.output[j]
+                    for j in self.plans[idx].lin_outputs
+                    if 0 in model.shape(node.output[j])
+                ]
+                if empty:
+                    why = f"output '{empty[0]}' has no elements (an empty tensor)"
+                    problems[idx] = (node_label(node, idx), node.op_type, why)
         self.problems = [problems[i] for i in self.needed if i in problems]
 
     def check(self) -> None:
@@ -202,7 +213,12 @@ class Rewrite:
                 node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen
             )
             self._mb.prefix = f"{node_label(node, idx)}/"
-            rule.masks(node, ctx)
+            try:
+                rule.masks(node, ctx)
+            except Unsupported as exc:
+                raise UnsupportedModelError(
+                    [(node_label(node, idx), node.op_type, str(exc))]
+                ) from None
             for i, name in enumerate(node.input):  # frozen operands are masks too
                 if name in self.analysis.lin and i not in plan.carried:
                     ctx.add(f"frozen:{name}", name)
@@ -452,7 +468,8 @@ def _model_like(
         for i in original.opset_import
     ]
     model = helper.make_model(graph, opset_imports=imports)
-    model.ir_version = max(original.ir_version, 8 if min_opset >= 16 else 0)
+    # IR 4 lets initializers be other than graph inputs (the rules add constants)
+    model.ir_version = max(original.ir_version, 8 if min_opset >= 16 else 4)
     model.producer_name = "onnxscope"
     model.doc_string = f"onnxscope {role} graph"
     del model.metadata_props[:]

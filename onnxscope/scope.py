@@ -71,17 +71,19 @@ class LinearScope:
     def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
         return self._prepare(input_shapes)[1].artifacts
 
-    def _prepare(self, input_shapes):
+    def _prepare(self, input_shapes, feeds=None, rebuild: bool = False):
+        """The analysis and sessions for these input shapes (cached). With `feeds`, the analysis
+        run uses the real input values, which matters where an input carries sizes or scales."""
         from .model import resolve_input_shapes
 
         shapes = resolve_input_shapes(self.model, {k: tuple(v) for k, v in input_shapes.items()})
         key = tuple(sorted(shapes.items()))
-        if key not in self._cache:
-            analyzed = AnalyzedModel(self.model, shapes)
+        if rebuild or key not in self._cache:
+            analyzed = AnalyzedModel(self.model, shapes, feeds)
             self._cache[key] = (analyzed, _Sessions(rewrite(analyzed, self.wrt), self.providers))
         return self._cache[key]
 
-    def interpret(self, x: np.ndarray, **other_inputs: np.ndarray) -> Interpretation:
+    def interpret(self, x: np.ndarray, /, **other_inputs: np.ndarray) -> Interpretation:
         """Run the mask graph at x and return the interpretation of the model at that point."""
         inputs = {self.wrt: x, **other_inputs}
         analyzed = None
@@ -96,8 +98,15 @@ class LinearScope:
             if name not in specs:
                 raise InputError(f"Unknown input '{name}'; the model's inputs are {list(specs)}.")
             feeds[name] = _check_array(name, value, specs[name][1])
-        analyzed, sessions = self._prepare({k: v.shape for k, v in feeds.items()})
-        return Interpretation(self, analyzed, sessions, feeds)
+        if feeds[self.wrt].size == 0:
+            raise InputError(f"Input '{self.wrt}' has no elements (shape {feeds[self.wrt].shape}).")
+        shapes = {k: v.shape for k, v in feeds.items()}
+        analyzed, sessions = self._prepare(shapes, feeds)
+        it = Interpretation(self, analyzed, sessions, feeds)
+        if not it.shapes_match_analysis():  # another input's values changed the graph's shapes
+            analyzed, sessions = self._prepare(shapes, feeds, rebuild=True)
+            it = Interpretation(self, analyzed, sessions, feeds)
+        return it
 
 
 def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
@@ -129,6 +138,19 @@ class Interpretation:
         self.output_names = list(model.outputs)
         self.outputs = {n: self._mask_values[n].numpy() for n in self.output_names}
         self._bias = None
+
+    def shapes_match_analysis(self) -> bool:
+        """Whether the mask graph's outputs have the shapes the rewrite was built for."""
+        manifest = self._s.artifacts.manifest
+        expected = {n: tuple(self.model.shape(n)) for n in self.output_names}
+        for unit in manifest["units"]:
+            for mask in unit["masks"].values():
+                expected[mask["output"]] = tuple(mask["shape"])
+        return all(
+            tuple(self._mask_values[n].shape()) == shape
+            for n, shape in expected.items()
+            if n in self._mask_values and all(isinstance(d, int) for d in shape)
+        )
 
     # -- results at x --------------------------------------------------------------------------
     @property

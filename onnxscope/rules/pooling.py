@@ -68,6 +68,13 @@ class MaxPool(Selection):
 
 @register("GlobalMaxPool", "ReduceMax", "ReduceMin")
 class ReduceSelection(Selection):
+    def plan(self, node, lin, model) -> Plan:
+        if any(lin[1:]):
+            raise Unsupported("input-dependent reduction axes are not supported")
+        if len(node.input) > 1 and node.input[1] and not model.is_static(node.input[1]):
+            raise Unsupported("input-dependent reduction axes are not supported")
+        return super().plan(node, lin, model)
+
     # first index where u equals its reduced max (min): argmin over a Range of flat indices
     def masks(self, node, m) -> None:
         u = node.input[0]
@@ -140,9 +147,10 @@ class AveragePool(SeparablePerSample):
             kernel_shape=[kernel[k] if keep(k) else 1 for k in range(spatial)],
             strides=[strides[k] if keep(k) else 1 for k in range(spatial)],
             pads=[pads[k] if keep(k % spatial) else 0 for k in range(2 * spatial)],
-            ceil_mode=attr(node, "ceil_mode", 0),
             count_include_pad=attr(node, "count_include_pad", 0),
         )
+        if a.model.opset >= 10:
+            attrs["ceil_mode"] = attr(node, "ceil_mode", 0)
         if any(d != 1 for d in dilations):
             attrs["dilations"] = [dilations[k] if keep(k) else 1 for k in range(spatial)]
         attrs = [helper.make_attribute(k, v) for k, v in attrs.items()]

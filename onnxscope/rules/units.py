@@ -194,7 +194,14 @@ class Clip(PiecewiseUnit):
     def pieces(self, node, c):
         value = lambda v: c.value_of(v) if isinstance(v, str) else float(v or 0.0)  # noqa: E731
         lo, hi = clip_bounds(node)
-        return [(0.0, value(lo)), (1.0, 0.0), (0.0, value(hi))]
+        floor = value(lo)
+        if lo is not None and hi is not None:  # min > max: ONNX gives max everywhere
+            if isinstance(floor, str) or isinstance(value(hi), str):
+                as_tensor = lambda v: v if isinstance(v, str) else _const(c, v)  # noqa: E731
+                floor = c.b.op("Min", [as_tensor(floor), as_tensor(value(hi))], "floor")
+            else:
+                floor = min(floor, value(hi))
+        return [(0.0, floor), (1.0, 0.0), (0.0, value(hi))]
 
 
 @register("HardSigmoid")
@@ -385,11 +392,21 @@ class Softmax(Rule):
         u = node.input[0]
         axes = softmax_axes(node, len(m.shape(u)), m.model.opset)
         inv_s = m.b.op("Exp", [m.b.op("Neg", [_log_sum_exp(m, u, axes)])], "intercept")
-        # g/S = (exp(u) - 1)/u / S, with exp(u) - 1 taken in float64 (no cancellation)
-        secant = m.b.op("Div", [_in_double(m, u, _expm1), u], "secant")
-        near = m.b.op("Less", [m.b.op("Abs", [u]), m.b.const(np.asarray(SECANT_EPS, m.dtype(u)))])
-        exp_gain = m.b.op("Where", [near, m.b.const(np.asarray(1, m.dtype(u))), secant])
-        m.add("gain", m.b.op("Mul", [exp_gain, inv_s], "gain"))
+        # g/S = (exp(u) - 1)/(u S): near 0, exp(u) - 1 in float64 (no cancellation); elsewhere
+        # (y - 1/S)/u, which cannot overflow however large u is
+        k = lambda v: m.b.const(np.asarray(v, m.dtype(u)))  # noqa: E731
+        small = m.b.op("Div", [_in_double(m, u, _expm1), u], "secant_small")
+        small = m.b.op(
+            "Mul",
+            [
+                m.b.op("Where", [m.b.op("Less", [m.b.op("Abs", [u]), k(SECANT_EPS)]), k(1), small]),
+                inv_s,
+            ],
+            "gain_small",
+        )
+        large = m.b.op("Div", [m.b.op("Sub", [node.output[0], inv_s]), u], "gain_large")
+        near = m.b.op("Less", [m.b.op("Abs", [u]), k(1.0)], "near_zero")
+        m.add("gain", m.b.op("Where", [near, small, large], "gain"))
         m.add("intercept", inv_s)
 
     def linear(self, node, c) -> None:
@@ -438,9 +455,12 @@ class Selection(Rule):
 
     def plan(self, node, lin, model) -> Plan:
         kind = "bool" if len(node.input) == 2 else "uint8"
-        return Plan(tuple(i for i, f in enumerate(lin) if f), (0,), f"winning operand ({kind})")
+        frozen = f"winning operand ({kind})" if len(node.input) > 1 else ""
+        return Plan(tuple(i for i, f in enumerate(lin) if f), (0,), frozen)
 
     def masks(self, node, m) -> None:
+        if len(node.input) == 1:  # Max(u) = u
+            return
         beats = "Greater" if node.op_type == "Max" else "Less"
         best, state = node.input[0], None
         for k, operand in enumerate(node.input[1:], start=1):
@@ -454,12 +474,18 @@ class Selection(Rule):
         m.add("winner", state)
 
     def linear(self, node, c) -> None:
+        if len(node.input) == 1:
+            c.set_out(c.lin(0))
+            return
         rank = len(c.out_shape())
         operands = [_operand(c, i, rank) for i in range(len(node.input))]
         c.set_out(_select(c, c.mask("winner"), operands, len(operands) == 2))
 
     def adjoint(self, node, a) -> None:
         # each operand gets the cotangent where it won, summed over its broadcast copies
+        if len(node.input) == 1:
+            a.add_grad(0, a.grad())
+            return
         n, zero, one = len(node.input), a.const(0), a.const(1)
         for i in a.plan.carried:
             won = _select(a, a.mask("winner"), [one if k == i else zero for k in range(n)], n == 2)
