@@ -576,6 +576,13 @@ SPECS: list[Spec] = [
       {"x": (2, 4, 3)}, {"idx": i64([[0, -1], [2, 2]])}),
     S("Gather_scalar_index", ["y = Gather <axis=0> (x, i)", "r = Relu(y)"], {"x": (3, 4)},
       {"i": i64(1)}, pwl=True),
+    S("GatherND_pairs", ["t = Tanh(x)", "y = GatherND(t, i)"], {"x": (2, 3, 4)},
+      {"i": i64([[0, 1], [1, 0], [1, 1], [0, 1]])}),
+    S("GatherND_nested_repeat", ["y = GatherND(x, i)", "r = Relu(y)"], {"x": (2, 3, 4)},
+      {"i": i64([[[1], [0]], [[1], [1]]])}, pwl=True),
+    S("CumSum", ["t = Tanh(x)", "y = CumSum(t, ax)"], {"x": (2, 5, 3)}, {"ax": i64(1)}),
+    S("CumSum_exclusive_reverse", ["t = Tanh(x)", "y = CumSum <exclusive=1, reverse=1> (t, ax)"],
+      {"x": (2, 5, 3)}, {"ax": i64(-1)}),
     # --- Max, Min, Sum, Mean, Where ---
     S("Max_with_constant", ["y = Max(x, c)"], {"x": (2, 3)}, {"c": w(3)}, pwl=True,
       ref=winner_ref("y", ["x", "c"], "max")),

@@ -48,13 +48,7 @@ REFERENCE = [n for n, a in zoo.ARCHITECTURES.items() if a.reference]
 
 # Known onnxscope bugs, as (test or "*", architecture, exporter) -> reason. Those tests stay real
 # checks (strict xfail: they fail the run once the bug is fixed, so that the mark is removed).
-KNOWN_BUGS: dict[tuple[str, str, str], str] = {
-    ("*", "nearest_exact", "dynamo"): (
-        "onnxscope bug: no rule for GatherND, which the dynamo exporter writes (with constant "
-        "indices: a fixed selection, affine) for F.interpolate(mode='nearest-exact') and for "
-        "area / adaptive average pooling to a size that does not divide the input"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str, str], str] = {}
 NEEDS_NO_REWRITE = {"ops"}  # tests that never interpret the model
 
 

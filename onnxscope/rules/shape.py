@@ -146,6 +146,55 @@ class Gather(AxisShifted):
         a.add_grad(0, separable.contract(a, g, flat, {axis: onehot}))
 
 
+@register("GatherND")
+class GatherND(DataOnly):
+    # constant indices, batch_dims 0: a Gather over the flattened indexed dimensions
+    def plan(self, node, lin, model) -> Plan:
+        if attr(node, "batch_dims", 0):
+            raise Unsupported("batch_dims > 0 is not supported")
+        if not model.is_static(node.input[1]):
+            raise Unsupported("input-dependent indices are not supported")
+        return super().plan(node, lin, model)
+
+    def flat_indices(self, c) -> tuple[np.ndarray, list[int]]:
+        """(flat indices into the first r dims, the data flattened to [prod(s[:r]), *s[r:]])."""
+        s, idx = c.in_shape(0), c.static(1).astype(np.int64)
+        r = idx.shape[-1]
+        flat = np.ravel_multi_index(tuple(np.moveaxis(idx % np.asarray(s[:r]), -1, 0)), s[:r])
+        return flat.astype(np.int64), [int(np.prod(s[:r])), *s[r:]]
+
+    def linear(self, node, c) -> None:
+        flat, shape = self.flat_indices(c)
+        data = c.b.reshape(c.lin(0), [-1, *shape], "flat")
+        c.set_out(c.b.op("Gather", [data, c.b.const(flat, hint="indices")], "y", axis=1))
+
+    def adjoint(self, node, a) -> None:
+        flat, shape = self.flat_indices(a)
+        onehot = np.zeros((flat.size, shape[0]), a.dtype(0))
+        onehot[np.arange(flat.size), flat.ravel()] = 1  # repeated indices add
+        g = a.b.reshape(a.grad(), [-1, flat.size, *shape[1:]], "g_flat")
+        g = separable.contract(a, g, [flat.size, *shape[1:]], {0: onehot})
+        a.add_grad(0, a.b.reshape(g, [-1, *a.in_shape(0)], "g"))
+
+
+@register("CumSum")
+class CumSum(DataOnly):
+    # a running sum along axis (a triangular matrix): its transpose runs the other way
+    def axis(self, c) -> int:
+        return normalize_axis(int(np.asarray(c.static(1)).ravel()[0]), len(c.in_shape(0))) + 1
+
+    def linear(self, node, c) -> None:
+        axis = c.b.const(np.asarray(self.axis(c), np.int64))
+        c.set_out(c.b.op("CumSum", [c.lin(0), axis], "y", attrs=node.attribute))
+
+    def adjoint(self, node, a) -> None:
+        axis = a.b.const(np.asarray(self.axis(a), np.int64))
+        reverse = 0 if attr(node, "reverse", 0) else 1
+        a.add_grad(
+            0, a.b.op("CumSum", [a.grad(), axis], "g", attrs=node.attribute, reverse=reverse)
+        )
+
+
 @register("Concat")
 class Concat(Rule):
     # inputs without a linear part contribute zeros (their values in the affine twin)
