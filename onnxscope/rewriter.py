@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx.compose
 from onnx import helper
 
 from . import rules  # noqa: F401  (registers every rule)
@@ -148,8 +149,40 @@ class Artifacts:
         }
         if self.adjoint is not None:
             files["adjoint.onnx"] = self.adjoint.SerializeToString()
+        files["scope.onnx"] = self.scope().SerializeToString()
         files["manifest.json"] = json.dumps(self.manifest, indent=2).encode()
         return files
+
+    def scope(self) -> onnx.ModelProto:
+        """The LinearScope in one model, for servers: inputs x (and the model's other inputs),
+        `linear/probe` z and `adjoint/<probe>` w; outputs F(x), `linear/<out>` = A_x z,
+        `bias/<out>` = c_x and `adjoint/<x>` = A_x^T w. The adjoint is left out where the model's
+        opset is below the adjoint graph's (the model's own nodes keep their opset)."""
+        graph = onnx.GraphProto()
+        graph.CopyFrom(self.mask.graph)
+        mask_outputs = {o.name for o in graph.output}
+        del graph.output[:]
+        graph.output.extend(o for o in self.mask.graph.output if o.name in self.manifest["outputs"])
+        twins = [
+            ("linear", self.linear, self.linear_imports),
+            ("bias", self.bias, self.bias_imports),
+        ]
+        model_opset = next(i.version for i in self.mask.opset_import if i.domain in ("", "ai.onnx"))
+        if self.adjoint is not None and model_opset >= ADJOINT_MIN_OPSET:
+            twins.append(("adjoint", self.adjoint, self.adjoint_imports))
+        for prefix, twin, imports in twins:
+            twin = onnx.compose.add_prefix(twin, f"{prefix}/")
+            feeds = {f"{prefix}/{name}": source for name, source in imports.items()}
+            assert set(feeds.values()) <= mask_outputs
+            for node in twin.graph.node:
+                node.input[:] = [feeds.get(i, i) for i in node.input]
+            graph.node.extend(twin.graph.node)
+            graph.initializer.extend(twin.graph.initializer)
+            graph.input.extend(i for i in twin.graph.input if i.name not in feeds)
+            graph.output.extend(twin.graph.output)
+        graph.name = "scope"
+        model = _model_like(self.mask, graph, "scope")
+        return model
 
 
 class Rewrite:

@@ -83,7 +83,7 @@ def test_rewrite_writes_standalone_artifacts(sigmoid_model, tmp_path):
     proc = run_cli("rewrite", str(sigmoid_model), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == [
-        "adjoint.onnx", "bias.onnx", "linear.onnx", "manifest.json", "mask.onnx"
+        "adjoint.onnx", "bias.onnx", "linear.onnx", "manifest.json", "mask.onnx", "scope.onnx"
     ]
     assert digest(sigmoid_model) == before
     manifest = json.loads((out / "manifest.json").read_text())
@@ -103,7 +103,14 @@ def test_rewrite_writes_standalone_artifacts(sigmoid_model, tmp_path):
     feeds = {n: masks[s] for n, s in spec["masks"].items()}
     (atw,) = adjoint.run(None, {spec["probes"]["y"]: w, **feeds})
     assert abs(np.vdot(ax, w) - np.vdot(x, atw)) <= 1e-5 * np.linalg.norm(ax) * np.linalg.norm(w)
-    for name in ("mask.onnx", "linear.onnx", "bias.onnx", "adjoint.onnx"):
+    # scope.onnx: the whole LinearScope in one model, for servers
+    scope = ort.InferenceSession(str(out / "scope.onnx"))
+    names = [o.name for o in scope.get_outputs()]
+    assert names == ["y", "linear/y", "bias/y", "adjoint/x"]
+    f, az, cz, atw2 = scope.run(None, {"x": x, "linear/probe": x[None], "adjoint/probe": w})
+    np.testing.assert_allclose(az[0] + cz[0], f, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(atw2, atw, rtol=1e-6, atol=1e-7)
+    for name in ("mask.onnx", "linear.onnx", "bias.onnx", "adjoint.onnx", "scope.onnx"):
         onnx.checker.check_model(onnx.load(out / name), full_check=True)
 
 
