@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, os.path.dirname(__file__))
-from nets import ResNet18, seeded  # noqa: E402
+from nets import ResNet18, export_with_free_batch, seeded  # noqa: E402
 
 import onnxscope  # noqa: E402
 from onnxscope.runtime import session_options  # noqa: E402
@@ -178,16 +178,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "resnet18.onnx")
-        torch.onnx.export(
-            net,
-            (xt,),
-            path,
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
-        )
+        export_with_free_batch(net, x, path)
         opts = session_options(threads=args.threads or None)
         plain = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         scope = onnxscope.LinearScope(path, probe_batch=pb)

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from nets import ResNet18, seeded  # noqa: E402
+from nets import ResNet18, export_with_free_batch, seeded  # noqa: E402
 
 import onnxscope  # noqa: E402
 from onnxscope.runtime import session_options  # noqa: E402
@@ -49,16 +49,7 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "resnet18.onnx")
-        torch.onnx.export(
-            net,
-            (torch.from_numpy(x),),
-            path,
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
-        )
+        export_with_free_batch(net, x, path)
         opts = session_options(threads=args.threads or None)
         plain = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         scope = onnxscope.LinearScope(path, probe_batch=args.probes)

@@ -47,3 +47,18 @@ def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
             m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
             m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
     return module.eval()
+
+
+def export_with_free_batch(net: nn.Module, x, path: str) -> str:
+    """Legacy export at opset 17 with a free batch dimension (plain runs at any batch size)."""
+    torch.onnx.export(
+        net,
+        (torch.from_numpy(x),),
+        path,
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+    )
+    return path

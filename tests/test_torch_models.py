@@ -32,6 +32,8 @@ try:  # tests/ as a package, or (pytest's default rootdir-less import) as a plai
 except ImportError:
     import torch_models as tm  # noqa: E402
 
+rel, rel_each, one_hot, jvp, vjp = tm.rel, tm.rel_each, tm.one_hot, tm.jvp, tm.vjp
+
 EXACT = 1e-5  # reconstruction, linearity, agreement with torch (relative, float32)
 
 # (architecture, exporter): every architecture through both torch exporters. The dynamo exporter
@@ -57,45 +59,6 @@ def cases(test: str, names=None, exporters=EXPORTERS):
         marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
         out.append(pytest.param(name, exporter, marks=marks, id=f"{name}-{exporter}"))
     return out
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-def vjp(module, x: torch.Tensor, cotangents: np.ndarray) -> np.ndarray:
-    """torch.func.vjp(F, x)[1](w) for every cotangent w (shaped like F(x)), module in eval mode:
-    one linearization at x, then one pullback per cotangent."""
-    _, pullback = torch.func.vjp(module, x)
-    outs = []
-    for w in cotangents:
-        (dx,) = pullback(torch.from_numpy(np.ascontiguousarray(w)))
-        outs.append(dx.detach().numpy())
-    return np.stack(outs)
-
-
-def one_hot(idx, shape) -> np.ndarray:
-    """e_i for each flat index i, each shaped `shape`."""
-    out = np.zeros((len(idx), int(np.prod(shape))), np.float32)
-    out[np.arange(len(idx)), idx] = 1
-    return out.reshape(len(idx), *shape)
-
-
-def rel_each(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Relative error of each leading-axis slice."""
-    k = len(want)
-    got, want = got.reshape(k, -1).astype(np.float64), want.reshape(k, -1).astype(np.float64)
-    return np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-300)
-
-
-def jvp(module, x: torch.Tensor, tangents: np.ndarray) -> np.ndarray:
-    """torch.func.jvp(F, x, t) for every tangent t (shaped like x), module in eval mode."""
-    outs = []
-    for t in tangents:
-        _, dy = torch.func.jvp(module, (x,), (torch.from_numpy(np.ascontiguousarray(t)),))
-        outs.append(dy.detach().numpy())
-    return np.stack(outs)
 
 
 @dataclasses.dataclass
@@ -149,8 +112,10 @@ def model_case(export_case):
 @pytest.mark.parametrize(("name", "exporter"), cases("verify"))
 def test_verify(model_case, name, exporter):
     errors = model_case(name, exporter).it.verify()
-    print(f"{name}-{exporter}: reconstruction {errors['reconstruction']:.2e} "
-          f"linearity {errors['linearity']:.2e}")
+    print(
+        f"{name}-{exporter}: reconstruction {errors['reconstruction']:.2e} "
+        f"linearity {errors['linearity']:.2e}"
+    )
     assert errors["reconstruction"] <= EXACT, errors
     assert errors["linearity"] <= EXACT, errors
 
@@ -187,8 +152,9 @@ def test_matches_torch_reference_interpreter(model_case, name, exporter):
     got = case.it.apply(z)
     errs = [rel(g, w) for g, w in zip(got, az_ref)]
     bias_err = rel(case.it.bias, c_ref)
-    print(f"{name}-{exporter}: apply vs reference {max(errs):.2e}, "
-          f"bias vs reference {bias_err:.2e}")
+    print(
+        f"{name}-{exporter}: apply vs reference {max(errs):.2e}, bias vs reference {bias_err:.2e}"
+    )
     assert max(errs) <= EXACT, errs
     assert bias_err <= EXACT
 
@@ -400,16 +366,31 @@ def test_sigmoid_head_secant_gain_is_exact(tmp_path):
 
 # -- guards on the test models themselves ------------------------------------------------------
 def test_registry_covers_the_brief():
-    assert {"resnet", "mobilenetv3", "unet", "cyclegan", "convnext", "leaky_prelu",
-            "efficientnet"} <= set(tm.ARCHITECTURES)
+    assert {
+        "resnet",
+        "mobilenetv3",
+        "unet",
+        "cyclegan",
+        "convnext",
+        "leaky_prelu",
+        "efficientnet",
+    } <= set(tm.ARCHITECTURES)
 
 
 @pytest.mark.parametrize("name", PIECEWISE)
 def test_piecewise_models_have_no_smooth_units(name):
     """Guard the choice of Jacobian models: only piecewise-linear units in them."""
     module, _ = tm.build(name)
-    smooth = (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.GELU, torch.nn.SiLU, torch.nn.Hardswish,
-              torch.nn.Hardsigmoid, torch.nn.InstanceNorm2d, torch.nn.LayerNorm)
+    smooth = (
+        torch.nn.Tanh,
+        torch.nn.Sigmoid,
+        torch.nn.GELU,
+        torch.nn.SiLU,
+        torch.nn.Hardswish,
+        torch.nn.Hardsigmoid,
+        torch.nn.InstanceNorm2d,
+        torch.nn.LayerNorm,
+    )
     assert not [m for m in module.modules() if isinstance(m, smooth)]
 
 

@@ -35,6 +35,8 @@ except ImportError:
     import torch_models as tm  # noqa: E402
     import zoo  # noqa: E402
 
+rel, rel_each, one_hot, jvp, vjp = tm.rel, tm.rel_each, tm.one_hot, tm.jvp, tm.vjp
+
 EXACT = 1e-5  # reconstruction, linearity, adjoint, agreement with torch (relative, float32)
 EXPORTERS = ("legacy", "dynamo")
 CASES = [
@@ -63,37 +65,6 @@ def cases(test: str, names=None, exporters=EXPORTERS):
         marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
         out.append(pytest.param(name, exporter, marks=marks, id=f"{name}-{exporter}"))
     return out
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-def rel_each(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    k = len(want)
-    got, want = got.reshape(k, -1).astype(np.float64), want.reshape(k, -1).astype(np.float64)
-    return np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-300)
-
-
-def jvp(fn, x: torch.Tensor, tangents: np.ndarray) -> np.ndarray:
-    """torch.func.jvp(fn, x, t) for every tangent t (shaped like x)."""
-    outs = []
-    for t in tangents:
-        _, dy = torch.func.jvp(fn, (x,), (torch.from_numpy(np.ascontiguousarray(t)),))
-        outs.append(dy.detach().numpy())
-    return np.stack(outs)
-
-
-def vjp(fn, x: torch.Tensor, cotangents: np.ndarray) -> np.ndarray:
-    """torch.func.vjp(fn, x)[1](w) for every cotangent w (shaped like fn(x))."""
-    _, pullback = torch.func.vjp(fn, x)
-    return np.stack(
-        [
-            pullback(torch.from_numpy(np.ascontiguousarray(w)))[0].detach().numpy()
-            for w in cotangents
-        ]
-    )
 
 
 @dataclasses.dataclass

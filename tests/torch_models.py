@@ -10,6 +10,7 @@ which both torch exporters do, is actually exercised).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,7 +89,9 @@ class TinyResNet(nn.Module):
     def __init__(self, width: int = 8, num_classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(3, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         )
         self.layer1 = nn.Sequential(BasicBlock(width, width), BasicBlock(width, width))
@@ -124,8 +127,11 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if hidden != cin:
             layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act()]
-        layers += [nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False),
-                   nn.BatchNorm2d(hidden), act()]
+        layers += [
+            nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            act(),
+        ]
         if se:
             layers.append(SqueezeExcite(hidden, max(hidden // 4, 4)))
         layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
@@ -142,13 +148,17 @@ class TinyMobileNetV3(nn.Module):
         super().__init__()
         hs, re = nn.Hardswish, nn.ReLU
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish(),
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.Hardswish(),
             InvertedResidual(8, 8, 8, 3, 2, se=True, act=re),
             InvertedResidual(8, 24, 12, 3, 1, se=False, act=re),
             InvertedResidual(12, 36, 12, 3, 1, se=False, act=re),
             InvertedResidual(12, 48, 16, 5, 2, se=True, act=hs),
             InvertedResidual(16, 48, 16, 5, 1, se=True, act=hs),
-            nn.Conv2d(16, 48, 1, bias=False), nn.BatchNorm2d(48), nn.Hardswish(),
+            nn.Conv2d(16, 48, 1, bias=False),
+            nn.BatchNorm2d(48),
+            nn.Hardswish(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
@@ -162,8 +172,12 @@ class TinyMobileNetV3(nn.Module):
 # -- (c) U-Net ---------------------------------------------------------------------------------
 def _double_conv(cin, cout):
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -207,9 +221,13 @@ class ResnetBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         self.block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c, affine=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(c, c, 3),
+            nn.InstanceNorm2d(c, affine=True),
             nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c, affine=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(c, c, 3),
+            nn.InstanceNorm2d(c, affine=True),
         )
 
     def forward(self, x):
@@ -220,18 +238,26 @@ class TinyCycleGANGenerator(nn.Module):
     def __init__(self, c: int = 3, ngf: int = 8, n_blocks: int = 2):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(c, ngf, 7), nn.InstanceNorm2d(ngf, affine=True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(c, ngf, 7),
+            nn.InstanceNorm2d(ngf, affine=True),
             nn.ReLU(True),
         ]
         for i in range(2):
             m = 2**i
-            layers += [nn.Conv2d(ngf * m, ngf * m * 2, 3, 2, 1),
-                       nn.InstanceNorm2d(ngf * m * 2, affine=True), nn.ReLU(True)]
+            layers += [
+                nn.Conv2d(ngf * m, ngf * m * 2, 3, 2, 1),
+                nn.InstanceNorm2d(ngf * m * 2, affine=True),
+                nn.ReLU(True),
+            ]
         layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
         for i in range(2):
             m = 2 ** (2 - i)
-            layers += [nn.ConvTranspose2d(ngf * m, ngf * m // 2, 3, 2, 1, output_padding=1),
-                       nn.InstanceNorm2d(ngf * m // 2, affine=True), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(ngf * m, ngf * m // 2, 3, 2, 1, output_padding=1),
+                nn.InstanceNorm2d(ngf * m // 2, affine=True),
+                nn.ReLU(True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, c, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -289,9 +315,16 @@ class LeakyPReLUNet(nn.Module):
     def __init__(self, num_out: int = 6):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 1, 1), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, 1, 1), nn.BatchNorm2d(12), nn.PReLU(12), nn.MaxPool2d(3, 2, 1),
-            nn.Conv2d(12, 16, 3, 1, 1), nn.PReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(3, 8, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, 1, 1),
+            nn.BatchNorm2d(12),
+            nn.PReLU(12),
+            nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(12, 16, 3, 1, 1),
+            nn.PReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
         )
         self.fc1 = nn.Linear(16 * 4 * 4, 24)
         self.act = nn.LeakyReLU(0.2)
@@ -318,11 +351,15 @@ class MBConv(nn.Module):
         super().__init__()
         hidden = cin * expand
         self.block = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(),
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.SiLU(),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.SiLU(),
+            nn.BatchNorm2d(hidden),
+            nn.SiLU(),
             SiLUSqueezeExcite(hidden, max(cin // 4, 2)),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.residual = stride == 1 and cin == cout
 
@@ -392,8 +429,9 @@ def _prelu(u, weight):
     return torch.where(u[:1] > 0, torch.ones_like(u[:1]), w) * u
 
 
-def _max_pool2d(u, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                return_indices=False):
+def _max_pool2d(
+    u, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
     assert not return_indices
     _, idx = F.max_pool2d_with_indices(u[:1], kernel_size, stride, padding, dilation, ceil_mode)
     b, c = u.shape[:2]
@@ -428,8 +466,16 @@ def _gate(fn):
     return frozen
 
 
-def _instance_norm(u, running_mean=None, running_var=None, weight=None, bias=None,
-                   use_input_stats=True, momentum=0.1, eps=1e-5):
+def _instance_norm(
+    u,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    use_input_stats=True,
+    momentum=0.1,
+    eps=1e-5,
+):
     assert use_input_stats
     dims = tuple(range(2, u.dim()))
     var0 = u[:1].var(dim=dims, unbiased=False, keepdim=True)
@@ -454,14 +500,37 @@ def _layer_norm(u, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 _FROZEN_RULES = {
-    F.relu: _relu, torch.relu: _relu, F.leaky_relu: _leaky_relu, torch.prelu: _prelu,
-    F.max_pool2d: _max_pool2d, F.hardswish: _hardswish, F.silu: _silu, F.gelu: _gelu,
-    torch.tanh: _tanh, F.hardsigmoid: _gate(F.hardsigmoid), torch.sigmoid: _gate(torch.sigmoid),
-    F.instance_norm: _instance_norm, F.layer_norm: _layer_norm,
+    F.relu: _relu,
+    torch.relu: _relu,
+    F.leaky_relu: _leaky_relu,
+    torch.prelu: _prelu,
+    F.max_pool2d: _max_pool2d,
+    F.hardswish: _hardswish,
+    F.silu: _silu,
+    F.gelu: _gelu,
+    torch.tanh: _tanh,
+    F.hardsigmoid: _gate(F.hardsigmoid),
+    torch.sigmoid: _gate(torch.sigmoid),
+    F.instance_norm: _instance_norm,
+    F.layer_norm: _layer_norm,
 }
 # anything else that is not affine must not slip through unfrozen
-_REFUSED = {torch.erf, F.softmax, F.elu, F.softplus, F.mish, torch.exp, torch.sqrt, F.relu6,
-            F.hardtanh, torch.max, torch.amax, F.max_pool1d, F.max_pool3d, F.group_norm}
+_REFUSED = {
+    torch.erf,
+    F.softmax,
+    F.elu,
+    F.softplus,
+    F.mish,
+    torch.exp,
+    torch.sqrt,
+    F.relu6,
+    F.hardtanh,
+    torch.max,
+    torch.amax,
+    F.max_pool1d,
+    F.max_pool3d,
+    F.group_norm,
+}
 
 
 def _sigmoid_secant(u):
@@ -526,16 +595,16 @@ def _frozen_forward(module: nn.Module, x: torch.Tensor, z: torch.Tensor, dtype, 
     return f, (az - c).reshape(k, *f.shape), c, mode.hits, probes
 
 
-def reference_interpreter(module: nn.Module, x: torch.Tensor, z: torch.Tensor,
-                          dtype=torch.float64):
+def reference_interpreter(module: nn.Module, x: torch.Tensor, z: torch.Tensor, dtype=torch.float64):
     """(F(x), A_x z, c_x, hits) from the torch reference; z is (K, *x.shape). Computed in `dtype`
     on a copy of the module, so the reference is independent of ONNX float32 rounding."""
     f, az, c, hits, _ = _frozen_forward(module, x, z, dtype, grad=False)
     return f, az, c, hits
 
 
-def reference_adjoint(module: nn.Module, x: torch.Tensor, w: torch.Tensor,
-                      dtype=torch.float64) -> torch.Tensor:
+def reference_adjoint(
+    module: nn.Module, x: torch.Tensor, w: torch.Tensor, dtype=torch.float64
+) -> torch.Tensor:
     """A_x^T w_k for every cotangent w_k (w is (K, *F(x).shape)), from the torch reference: the
     gradient of Σ_k <A_x z_k, w_k> with respect to the probes z. The frozen network is affine in
     z (every decision and gate is read off row x, which does not depend on z), so this gradient is
@@ -569,3 +638,43 @@ def small_logits_input(channels: int = 2, side: int = 4) -> torch.Tensor:
     mags = torch.logspace(-3.8, 0, channels * side * side // 2, dtype=torch.float64)
     vals = torch.stack([mags, -mags], 1).reshape(-1)
     return vals.reshape(1, channels, side, side).to(torch.float32)
+
+
+# -- comparisons with torch autograd (shared by the model tests and the zoo) ---------------------
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def rel_each(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Relative error of each leading-axis slice."""
+    k = len(want)
+    got, want = got.reshape(k, -1).astype(np.float64), want.reshape(k, -1).astype(np.float64)
+    return np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-300)
+
+
+def one_hot(idx, shape) -> np.ndarray:
+    """e_i for each flat index i, each shaped `shape`."""
+    out = np.zeros((len(idx), int(np.prod(shape))), np.float32)
+    out[np.arange(len(idx)), idx] = 1
+    return out.reshape(len(idx), *shape)
+
+
+def jvp(fn, x: torch.Tensor, tangents: np.ndarray) -> np.ndarray:
+    """torch.func.jvp(fn, x, t) for every tangent t (shaped like x); modules in eval mode."""
+    outs = []
+    for t in tangents:
+        _, dy = torch.func.jvp(fn, (x,), (torch.from_numpy(np.ascontiguousarray(t)),))
+        outs.append(dy.detach().numpy())
+    return np.stack(outs)
+
+
+def vjp(fn, x: torch.Tensor, cotangents: np.ndarray) -> np.ndarray:
+    """torch.func.vjp(fn, x)[1](w) for every cotangent w (shaped like fn(x)): one linearization
+    at x, then one pullback per cotangent."""
+    _, pullback = torch.func.vjp(fn, x)
+    outs = []
+    for w in cotangents:
+        (dx,) = pullback(torch.from_numpy(np.ascontiguousarray(w)))
+        outs.append(dx.detach().numpy())
+    return np.stack(outs)
