@@ -85,11 +85,14 @@ class LinearScope:
 
     def interpret(self, x: np.ndarray, /, **other_inputs: np.ndarray) -> Interpretation:
         """Run the mask graph at x and return the interpretation of the model at that point."""
-        inputs = {self.wrt: x, **other_inputs}
-        analyzed = None
-        feeds = {}
         from .model import graph_inputs, input_spec
 
+        if self.wrt in other_inputs:
+            raise InputError(
+                f"'{self.wrt}' is the interpreted input: pass it as the first argument."
+            )
+        inputs = {self.wrt: x, **other_inputs}
+        feeds = {}
         specs = {vi.name: input_spec(vi) for vi in graph_inputs(self.model)}
         missing = [n for n in specs if n not in inputs]
         if missing:
@@ -160,12 +163,10 @@ class Interpretation:
 
     @property
     def masks(self) -> dict[str, np.ndarray]:
-        """Every frozen decision and frozen value, by mask graph output name."""
-        imported = {
-            *self._s.artifacts.linear_imports.values(),
-            *self._s.artifacts.bias_imports.values(),
-        }
-        return {n: self._mask_values[n].numpy() for n in self._s.mask_outputs if n in imported}
+        """Every frozen decision and frozen value, by mask graph output name (the manifest's
+        units say which node each belongs to)."""
+        outputs = set(self.output_names)
+        return {n: self._mask_values[n].numpy() for n in self._s.mask_outputs if n not in outputs}
 
     @property
     def biases(self) -> dict[str, np.ndarray]:
