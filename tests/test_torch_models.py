@@ -51,14 +51,7 @@ KNOWN_BUGS: dict[tuple[str, str, str], str] = {}
 
 
 def cases(test: str, names=None, exporters=EXPORTERS):
-    out = []
-    for name, exporter in CASES:
-        if (names is not None and name not in names) or exporter not in exporters:
-            continue
-        reason = KNOWN_BUGS.get((test, name, exporter))
-        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-        out.append(pytest.param(name, exporter, marks=marks, id=f"{name}-{exporter}"))
-    return out
+    return tm.parametrized_cases(CASES, KNOWN_BUGS, test, names, exporters)
 
 
 @dataclasses.dataclass

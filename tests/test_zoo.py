@@ -55,16 +55,8 @@ NEEDS_NO_REWRITE = {"ops"}  # tests that never interpret the model
 
 
 def cases(test: str, names=None, exporters=EXPORTERS):
-    out = []
-    for name, exporter in CASES:
-        if (names is not None and name not in names) or exporter not in exporters:
-            continue
-        reason = KNOWN_BUGS.get((test, name, exporter))
-        if reason is None and test not in NEEDS_NO_REWRITE:
-            reason = KNOWN_BUGS.get(("*", name, exporter))
-        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-        out.append(pytest.param(name, exporter, marks=marks, id=f"{name}-{exporter}"))
-    return out
+    wildcard = test not in NEEDS_NO_REWRITE
+    return tm.parametrized_cases(CASES, KNOWN_BUGS, test, names, exporters, wildcard)
 
 
 @dataclasses.dataclass

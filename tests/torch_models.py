@@ -678,3 +678,20 @@ def vjp(fn, x: torch.Tensor, cotangents: np.ndarray) -> np.ndarray:
         (dx,) = pullback(torch.from_numpy(np.ascontiguousarray(w)))
         outs.append(dx.detach().numpy())
     return np.stack(outs)
+
+
+def parametrized_cases(all_cases, known_bugs, test: str, names, exporters, wildcard=True):
+    """pytest params (architecture, exporter) for one test, with a strict xfail where
+    `known_bugs` has (test, name, exporter) — or ("*", name, exporter) when `wildcard`."""
+    import pytest
+
+    out = []
+    for name, exporter in all_cases:
+        if (names is not None and name not in names) or exporter not in exporters:
+            continue
+        reason = known_bugs.get((test, name, exporter))
+        if reason is None and wildcard:
+            reason = known_bugs.get(("*", name, exporter))
+        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+        out.append(pytest.param(name, exporter, marks=marks, id=f"{name}-{exporter}"))
+    return out
