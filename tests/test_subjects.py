@@ -91,3 +91,32 @@ def test_ppocrv4_blank_page_is_a_float32_cancellation():
 def test_subjects_that_need_a_conversion_say_so():
     with pytest.raises(NotImplementedError, match="conversion"):
         subjects.onnx_model("fer")
+
+
+@pytest.mark.parametrize("name", ["onet", "pnet"])
+def test_mtcnn_nets_with_their_pretrained_weights(name):
+    """MTCNN's ONet/PNet (PReLU, ceil-mode max pooling, softmax heads) from facenet-pytorch's
+    state dicts: exact, and the box-regression head (piecewise linear all the way: PReLU, max
+    pooling, affine layers) has rows equal to torch's vector-Jacobian products."""
+    torch = pytest.importorskip("torch")
+    path = fetched(name)
+    import mtcnn
+
+    net = mtcnn.pretrained(name)
+    x = picture(48, 48) * 2 - 1
+    it = onnxscope.LinearScope(path).interpret(x)
+    assert_exact(it)
+    with torch.no_grad():
+        outputs = [t.numpy() for t in net(torch.from_numpy(x))]
+    for got, want in zip(it.outputs.values(), outputs):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    box = it.outputs["box"]
+    idx = [0, box.size // 2, box.size - 1]
+    rows = it.rows(idx, output="box")
+    _, pullback = torch.func.vjp(lambda t: net(t)[1], torch.from_numpy(x))
+    for k, i in enumerate(idx):
+        w = np.zeros(box.size, np.float32)
+        w[i] = 1
+        (want,) = pullback(torch.from_numpy(w.reshape(box.shape)))
+        want = want.detach().numpy()
+        assert np.linalg.norm(rows[k] - want) <= 1e-5 * np.linalg.norm(want)
