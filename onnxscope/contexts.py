@@ -47,9 +47,6 @@ class MaskContext:
     def dtype(self, name: str):
         return self.model.dtype(name)
 
-    def value(self, name: str) -> str:
-        return name  # in the mask graph every original tensor is available as it is
-
 
 class TwinContext:
     """Shared by the linear, affine and adjoint contexts: values, masks, shapes, probe count."""

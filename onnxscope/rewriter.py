@@ -13,7 +13,6 @@ constant (weights, shape computations) embedded in the linear graph, or a runtim
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -513,10 +512,6 @@ def rewrite(model: AnalyzedModel, wrt: str) -> Artifacts:
     return Rewrite(model, wrt).build()
 
 
-def other_inputs(model: AnalyzedModel, wrt: str) -> list[str]:
-    return [i for i in model.inputs if i != wrt]
-
-
 def default_wrt(model: onnx.ModelProto | AnalyzedModel, wrt: str | None) -> str:
     from .model import graph_inputs, input_spec
 
@@ -530,7 +525,3 @@ def default_wrt(model: onnx.ModelProto | AnalyzedModel, wrt: str | None) -> str:
     if not floats:
         raise InputError(f"The model has no float input to interpret; its inputs are {names}.")
     return floats[0]
-
-
-def shapes_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(np.shape(v)) for k, v in arrays.items()}
