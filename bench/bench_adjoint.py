@@ -9,7 +9,7 @@ Every time is the median over --repeat interleaved rounds (one call of each quan
 after one warm-up call of each, with a short idle pause before each call), and is also given as a
 ratio to one plain ONNX Runtime forward pass of the exported model (batch 1, the session options
 onnxscope uses, timed as K back-to-back passes). onnxscope rows go through the adjoint graph in
-batches of scope.probe_batch (16); torch rows are vector-Jacobian products (torch.func.vjp: one
+batches of --probe-batch (16); torch rows are vector-Jacobian products (torch.func.vjp: one
 linearization at x, then one pullback per one-hot cotangent; also vmap-batched, and jacrev over
 the first K outputs), torch columns are Jacobian-vector products (torch.func.jvp, looped and
 vmap-batched). Both sides compute A_x = the Jacobian at x of this ReLU/MaxPool network; the script
@@ -35,63 +35,10 @@ from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, os.path.dirname(__file__))
 from nets import ResNet18, export_with_free_batch, seeded  # noqa: E402
+from timing import cpu_name, loadavg, max_rel, round_robin  # noqa: E402
 
 import onnxscope  # noqa: E402
 from onnxscope.runtime import session_options  # noqa: E402
-
-SETTLE_S = 0.2  # idle time before each timed call, so that spinning worker threads of the
-# other framework (ORT's intra-op pool, torch's OpenMP pool) have gone to sleep: without it the
-# first torch call after an ORT run (and vice versa) on 2 cores ran up to 3x slower here
-
-
-def round_robin(fns: dict, repeat: int):
-    """Median time of every function, measured in interleaved rounds (one call of each per
-    round, after one warm-up call of each) so that a change in machine load during the run
-    affects every quantity alike. A function that raises is reported, not timed."""
-    live, skipped = {}, {}
-    for key, fn in fns.items():
-        try:
-            time.sleep(SETTLE_S)
-            fn()
-        except Exception as exc:  # a torch.func variant that does not run here is reported
-            skipped[key] = f"{type(exc).__name__}: {exc}"[:200]
-        else:
-            live[key] = fn
-    times: dict[str, list[float]] = {key: [] for key in live}
-    for _ in range(repeat):
-        for key, fn in live.items():
-            time.sleep(SETTLE_S)
-            t = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t)
-    return times, skipped
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def max_rel(got: np.ndarray, want: np.ndarray) -> float:
-    """Largest per-slice relative difference along the leading axis."""
-    k = len(want)
-    g = np.asarray(got, np.float64).reshape(k, -1)
-    w = np.asarray(want, np.float64).reshape(k, -1)
-    den = np.maximum(np.linalg.norm(w, axis=1), np.finfo(np.float64).tiny)
-    return float(np.max(np.linalg.norm(g - w, axis=1) / den))
 
 
 class _Decisions(TorchFunctionMode):
@@ -159,7 +106,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--rows", type=int, default=32, help="K: rows (and columns) to compute")
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--probe-batch", type=int, default=onnxscope.scope.DEFAULT_PROBE_BATCH)
+    p.add_argument("--probe-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op and torch threads")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args()

@@ -1,5 +1,7 @@
-"""Architectures for benchmarks (no torchvision): ResNet-18 at any input size, built from the
-test suite's basic block (tests/torch_models.py) so the two never drift apart."""
+"""Architectures for benchmarks (no torchvision), built from the test suite's blocks
+(tests/torch_models.py) so the two never drift apart: ResNet-18, MobileNetV3-Small (its real
+layout: hardswish, squeeze-excite with hardsigmoid, depthwise convs) and a U-Net for image-to-image
+at 128²."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 )
-from torch_models import BasicBlock  # noqa: E402
+from torch_models import BasicBlock, InvertedResidual, TinyUNet  # noqa: E402
 
 
 class ResNet18(nn.Module):
@@ -37,6 +39,59 @@ class ResNet18(nn.Module):
     def forward(self, x):
         y = self.blocks(self.stem(x))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+class MobileNetV3Small(nn.Module):
+    """MobileNetV3-Small's layout (Howard et al. 2019, table 2): 3x3 stem, eleven inverted
+    residual blocks (kernel, expansion, width, SE, activation, stride), 576-channel head."""
+
+    LAYOUT = [  # (k, hidden, out, se, hardswish, stride)
+        (3, 16, 16, True, False, 2),
+        (3, 72, 24, False, False, 2),
+        (3, 88, 24, False, False, 1),
+        (5, 96, 40, True, True, 2),
+        (5, 240, 40, True, True, 1),
+        (5, 240, 40, True, True, 1),
+        (5, 120, 48, True, True, 1),
+        (5, 144, 48, True, True, 1),
+        (5, 288, 96, True, True, 2),
+        (5, 576, 96, True, True, 1),
+        (5, 576, 96, True, True, 1),
+    ]
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.Hardswish(),
+        ]
+        cin = 16
+        for k, hidden, cout, se, hs, stride in self.LAYOUT:
+            act = nn.Hardswish if hs else nn.ReLU
+            layers.append(InvertedResidual(cin, hidden, cout, k, stride, se=se, act=act))
+            cin = cout
+        layers += [nn.Conv2d(cin, 576, 1, bias=False), nn.BatchNorm2d(576), nn.Hardswish()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Linear(1024, classes))
+
+    def forward(self, x):
+        y = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.head(torch.flatten(y, 1))
+
+
+def unet(width: int = 32) -> nn.Module:
+    """The test suite's U-Net (MaxPool, strided conv, ConvTranspose, bilinear and nearest
+    upsampling, skips) at a benchmark width, RGB in and out."""
+    return TinyUNet(cin=3, cout=3, w=width)
+
+
+# name -> (constructor, input size, kind)
+BENCH_NETS = {
+    "resnet18": (ResNet18, 224, "classifier"),
+    "mobilenetv3": (MobileNetV3Small, 224, "classifier"),
+    "unet128": (unet, 128, "image"),
+}
 
 
 def seeded(module: nn.Module, seed: int = 0) -> nn.Module:

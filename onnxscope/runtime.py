@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .errors import OnnxscopeError
@@ -33,13 +34,23 @@ if ort is None:  # keep `from .runtime import ort` importable; fail on first use
 if not isinstance(ort, _Lazy):
     ort.set_default_logger_severity(3)  # errors reach the user as exceptions, not log lines
 
+# The CUDA provider's TF32 convolutions and matmuls round to 10-bit mantissas (about 1e-3
+# relative): F(x) and A_x x + c_x would then differ by far more than float32 rounding, so
+# onnxscope asks for full float32 unless the caller passes its own provider options.
+CUDA_OPTIONS = {"use_tf32": "0"}
 DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "cuda": [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"],
 }
+DEVICE_ENV = "ONNXSCOPE_DEVICE"  # default device when none is given (cpu, cuda)
+
+Provider = str | tuple[str, dict]
 
 
 def session_options(optimize: bool = True, threads: int | None = None):
+    """Session options for onnxscope's graphs. Graph optimizations stay on: the rewritten graphs
+    are plain ONNX and every test compares them with the plain model run without optimizations.
+    `threads`: ONNX Runtime's intra-op threads (default: its own choice, one per core)."""
     opts = require_ort().SessionOptions()
     opts.log_severity_level = 3
     if not optimize:
@@ -49,25 +60,82 @@ def session_options(optimize: bool = True, threads: int | None = None):
     return opts
 
 
-def resolve_providers(providers: list[str] | str | None) -> list[str]:
-    """Turn a device name ('cpu', 'cuda') or provider list into providers this ORT can use.
+def provider_name(provider: Provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
 
-    A CUDA request on a machine where CUDA is unusable falls back to the CPU with one line on
-    stderr, so scripts keep working.
+
+def resolve_providers(providers: list[Provider] | str | None) -> list[Provider]:
+    """Turn a device name ('cpu', 'cuda') or a provider list into providers this ORT has.
+
+    None means $ONNXSCOPE_DEVICE, else the CPU. A provider this build of ONNX Runtime lacks is
+    dropped with one line on stderr, so scripts keep working on a machine without it; a provider
+    that is built in but cannot start (no GPU, missing CUDA libraries) is caught when the first
+    session is made (`make_session`).
     """
     if providers is None:
-        return ["CPUExecutionProvider"]
+        providers = os.environ.get(DEVICE_ENV) or "cpu"
     if isinstance(providers, str):
         if providers.lower() not in DEVICE_PROVIDERS:
             raise OnnxscopeError(f"Unknown device '{providers}'; choose one of cpu, cuda.")
         providers = DEVICE_PROVIDERS[providers.lower()]
     available = set(require_ort().get_available_providers())
-    usable = [p for p in providers if p in available]
-    dropped = [p for p in providers if p not in available]
+    usable = [p for p in providers if provider_name(p) in available]
+    dropped = [provider_name(p) for p in providers if provider_name(p) not in available]
     if dropped:
-        print(
-            f"onnxscope: {', '.join(dropped)} not available in this onnxruntime; "
-            f"running on {', '.join(usable) or 'CPUExecutionProvider'}.",
-            file=sys.stderr,
+        _notice(
+            f"{', '.join(dropped)} not available in this onnxruntime "
+            f"({ort.__version__}); running on {_names(usable) or 'CPUExecutionProvider'}."
         )
     return usable or ["CPUExecutionProvider"]
+
+
+def make_session(model_bytes: bytes, opts, providers: list[Provider]):
+    """An InferenceSession on `providers`. When ONNX Runtime silently falls back from an
+    accelerator it could not start (its own log would be a wall of lines), say so in one line,
+    once per process and provider."""
+    accelerated = any(provider_name(p) != "CPUExecutionProvider" for p in providers)
+    if accelerated:  # ORT logs a failed provider start as errors before falling back
+        ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(model_bytes, opts, providers=providers)
+    finally:
+        if accelerated:
+            ort.set_default_logger_severity(3)
+    got = set(session.get_providers())
+    for name in _names(providers).split(", "):
+        if name and name not in got and name not in _warned:
+            _warned.add(name)
+            _notice(
+                f"{name} could not start (no usable GPU or CUDA libraries); running on "
+                f"{', '.join(session.get_providers())}."
+            )
+    return session
+
+
+_warned: set[str] = set()
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for probes: the host's available memory, or for CUDA a fixed 4 GiB (ONNX
+    Runtime does not report the device's free memory; CUDA's own arena grows on demand)."""
+    if device == "cuda":
+        return 4 << 30
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+
+
+def _names(providers) -> str:
+    return ", ".join(provider_name(p) for p in providers)
+
+
+def _notice(text: str) -> None:
+    print(f"onnxscope: {text}", file=sys.stderr)

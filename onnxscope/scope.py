@@ -11,17 +11,27 @@ import onnx
 from .errors import InputError, OnnxscopeError
 from .model import AnalyzedModel, load_model
 from .rewriter import Artifacts, default_wrt, rewrite
-from .runtime import ort, require_ort, resolve_providers, session_options
+from .runtime import (
+    available_memory,
+    make_session,
+    require_ort,
+    resolve_providers,
+    session_options,
+)
 
-DEFAULT_PROBE_BATCH = 16
+# probe_batch="auto": as many probes per run as fit in this share of the free memory, up to a cap
+# past which a bigger batch stopped paying off (bench/suite.py: per-probe time at batch 16 and 64
+# is the same on a 2-core CPU; a GPU keeps gaining up to 64).
+MEMORY_SHARE = 0.25
+PROBE_CAP = {"cpu": 16, "cuda": 64}
 
 
 class _Sessions:
     """The three ONNX Runtime sessions for one input shape, created once and reused."""
 
-    def __init__(self, artifacts: Artifacts, providers: list[str]):
-        opts = session_options()
-        make = lambda m: ort.InferenceSession(m.SerializeToString(), opts, providers=providers)  # noqa: E731
+    def __init__(self, artifacts: Artifacts, providers: list, threads: int | None = None):
+        opts = session_options(threads=threads)
+        make = lambda m: make_session(m.SerializeToString(), opts, providers)  # noqa: E731
         self.artifacts = artifacts
         self.mask = make(artifacts.mask)
         self.linear = make(artifacts.linear)
@@ -30,6 +40,7 @@ class _Sessions:
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]
         self._make, self._bias_layers = make, None
         self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
+        self.probe_bytes = _probe_bytes(artifacts)
 
     def bias_layers(self):
         """(session, imports, node labels) of the bias-by-layer graph, built on first use."""
@@ -52,13 +63,23 @@ class LinearScope:
         model: str | os.PathLike | onnx.ModelProto,
         wrt: str | None = None,
         providers: list[str] | str | None = None,
-        probe_batch: int = DEFAULT_PROBE_BATCH,
+        probe_batch: int | str = "auto",
+        threads: int | None = None,
     ):
+        """`providers`: "cpu", "cuda" or an ONNX Runtime provider list (default
+        $ONNXSCOPE_DEVICE, else the CPU). `probe_batch`: probes per run of the linear and adjoint
+        graphs, or "auto" (from the free memory and the model's activation size). `threads`:
+        ONNX Runtime intra-op threads (default: one per core)."""
         require_ort()
+        if probe_batch != "auto" and not (isinstance(probe_batch, int) and probe_batch > 0):
+            raise InputError(
+                f"probe_batch must be a positive integer or 'auto', not {probe_batch!r}."
+            )
         self.model = load_model(model)
         self.wrt = default_wrt(self.model, wrt)
         self.providers = resolve_providers(providers)
         self.probe_batch = probe_batch
+        self.threads = threads
         self._cache: dict[tuple, tuple[AnalyzedModel, _Sessions]] = {}
 
     def analyze(self, input_shapes: Mapping[str, Sequence[int]]) -> AnalyzedModel:
@@ -80,8 +101,17 @@ class LinearScope:
         key = tuple(sorted(shapes.items()))
         if rebuild or key not in self._cache:
             analyzed = AnalyzedModel(self.model, shapes, feeds)
-            self._cache[key] = (analyzed, _Sessions(rewrite(analyzed, self.wrt), self.providers))
+            sessions = _Sessions(rewrite(analyzed, self.wrt), self.providers, self.threads)
+            self._cache[key] = (analyzed, sessions)
         return self._cache[key]
+
+    def batch_for(self, sessions: _Sessions) -> int:
+        """Probes per run: probe_batch, or for "auto" as many as fit in MEMORY_SHARE of the free
+        memory, counting every tensor of the linear path once per probe (no reuse assumed)."""
+        if self.probe_batch != "auto":
+            return self.probe_batch
+        fit = int(MEMORY_SHARE * available_memory(sessions.device)) // max(sessions.probe_bytes, 1)
+        return max(1, min(PROBE_CAP[sessions.device], fit))
 
     def interpret(self, x: np.ndarray, /, **other_inputs: np.ndarray) -> Interpretation:
         """Run the mask graph at x and return the interpretation of the model at that point."""
@@ -135,10 +165,17 @@ class Interpretation:
         self.scope, self.model, self._s = scope, model, sessions
         self.x = feeds[scope.wrt]
         self.inputs = feeds
-        ort_feeds = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
-        values = sessions.mask.run_with_ort_values(sessions.mask_outputs, ort_feeds)
-        self._mask_values = dict(zip(sessions.mask_outputs, values))
         self.output_names = list(model.outputs)
+        self.batch = scope.batch_for(sessions)
+        # One run of the mask graph: F(x) comes back to the host, the masks stay where the
+        # session ran (device memory under CUDA) and are bound from there to every probe batch.
+        binding = sessions.mask.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in sessions.mask_outputs:
+            binding.bind_output(name, "cpu" if name in self.output_names else sessions.device)
+        sessions.mask.run_with_iobinding(binding)
+        self._mask_values = dict(zip(sessions.mask_outputs, binding.get_outputs()))
         self.outputs = {n: self._mask_values[n].numpy() for n in self.output_names}
         self._bias = None
 
@@ -166,6 +203,7 @@ class Interpretation:
         """Every frozen decision and frozen value, by mask graph output name (the manifest's
         units say which node each belongs to)."""
         outputs = set(self.output_names)
+        # (numpy() copies a mask from the device when it lives there)
         return {n: self._mask_values[n].numpy() for n in self._s.mask_outputs if n not in outputs}
 
     @property
@@ -187,8 +225,8 @@ class Interpretation:
         lead = _leading(z.shape, self.x.shape, "probe")
         flat = z.reshape(-1, *self.x.shape)
         parts = []
-        for start in range(0, max(len(flat), 1), self.scope.probe_batch):
-            chunk = np.ascontiguousarray(flat[start : start + self.scope.probe_batch])
+        for start in range(0, max(len(flat), 1), self.batch):
+            chunk = np.ascontiguousarray(flat[start : start + self.batch])
             parts.append(
                 self._run(self._s.linear, self._s.artifacts.linear_imports, {"probe": chunk})
             )
@@ -227,11 +265,9 @@ class Interpretation:
             for n in self.output_names
         }
         parts = []
-        for start in range(0, max(count, 1), self.scope.probe_batch):
+        for start in range(0, max(count, 1), self.batch):
             feeds = {
-                arts.adjoint_probes[n]: np.ascontiguousarray(
-                    v[start : start + self.scope.probe_batch]
-                )
+                arts.adjoint_probes[n]: np.ascontiguousarray(v[start : start + self.batch])
                 for n, v in flat.items()
             }
             parts.append(self._run(self._s.adjoint, arts.adjoint_imports, feeds)[self.scope.wrt])
@@ -297,8 +333,8 @@ class Interpretation:
         model, imports, labels = self._s.bias_layers()
         parts = []
         eye = np.eye(len(labels), dtype=self.x.dtype)
-        for start in range(0, len(labels), self.scope.probe_batch):
-            feeds = {"selector": eye[start : start + self.scope.probe_batch]}
+        for start in range(0, len(labels), self.batch):
+            feeds = {"selector": eye[start : start + self.batch]}
             parts.append(self._run(model, imports, feeds)[name])
         shares = np.concatenate(parts)
         return {label: share for label, share in zip(labels, shares) if np.any(share)}
@@ -364,6 +400,22 @@ class Interpretation:
             f"The model has {len(values)} outputs ({list(values)}); use the dict form "
             "(it.outputs, it.biases, it.apply_all)."
         )
+
+
+def _probe_bytes(artifacts: Artifacts) -> int:
+    """Bytes that one probe adds to a run of the linear graph if no buffer were reused: every
+    tensor on the linear path of the model, at its static shape."""
+    rewrite_ = artifacts.rewrite
+    if rewrite_ is None:
+        return 0
+    model = rewrite_.analysis.model
+    total = 0
+    for name in rewrite_.analysis.lin:
+        try:
+            total += int(np.prod(model.shape(name))) * model.dtype(name).itemsize
+        except (KeyError, TypeError, ValueError):  # a tensor without static facts
+            continue
+    return total
 
 
 def _leading(shape, x_shape, what) -> tuple[int, ...]:

@@ -161,3 +161,49 @@ def test_a_second_input_is_a_frozen_value():
     assert np.abs(it.bias).max() > 0
     with pytest.raises(onnxscope.InputError, match="Missing"):
         scope.interpret(x)
+
+
+def test_auto_probe_batch_follows_memory(monkeypatch):
+    """probe_batch="auto" fits probes in a share of the free memory, capped; never below one."""
+    from onnxscope import scope as scope_module
+
+    x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    scope = onnxscope.LinearScope(conv_relu())
+    it = scope.interpret(x)
+    per_probe = it._s.probe_bytes
+    # the linear path: x [1,2,6,6], conv out and relu out [1,4,6,6], float32
+    assert per_probe == 4 * (72 + 144 + 144)
+    assert it.batch == scope_module.PROBE_CAP["cpu"]
+    monkeypatch.setattr(scope_module, "available_memory", lambda device: 10 * per_probe)
+    assert scope.interpret(x).batch == int(scope_module.MEMORY_SHARE * 10)
+    monkeypatch.setattr(scope_module, "available_memory", lambda device: 0)
+    small = scope.interpret(x)
+    assert small.batch == 1
+    z = RNG.standard_normal((3, 1, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(small.apply(z), it.apply(z), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "big"])
+def test_probe_batch_is_checked(bad):
+    with pytest.raises(onnxscope.InputError, match="probe_batch"):
+        onnxscope.LinearScope(conv_relu(), probe_batch=bad)
+
+
+def test_cuda_request_without_cuda_falls_back_with_one_line(capfd):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the fallback is not reachable")
+    scope = onnxscope.LinearScope(conv_relu(), providers="cuda")
+    it = scope.interpret(RNG.standard_normal((1, 2, 6, 6)).astype(np.float32))
+    assert it.verify()["reconstruction"] < 1e-6
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDAExecutionProvider" in err[0] and "running on" in err[0]
+
+
+def test_default_device_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ONNXSCOPE_DEVICE", "cpu")
+    assert onnxscope.LinearScope(conv_relu()).providers == ["CPUExecutionProvider"]
+    monkeypatch.setenv("ONNXSCOPE_DEVICE", "tpu")
+    with pytest.raises(onnxscope.OnnxscopeError, match="tpu"):
+        onnxscope.LinearScope(conv_relu())

@@ -169,7 +169,7 @@ def test_adjoint_identity_over_a_grid(model_case, name, exporter):
     it = model_case(name, exporter).it
     rng = np.random.default_rng(13)
     z = rng.standard_normal((5, *it.x.shape)).astype(np.float32)
-    w = rng.standard_normal((it.scope.probe_batch + 3, *it.output.shape)).astype(np.float32)
+    w = rng.standard_normal((it.batch + 3, *it.output.shape)).astype(np.float32)
     az = it.apply(z).reshape(len(z), -1).astype(np.float64)
     atw = it.apply_T(w)
     assert atw.shape == (len(w), *it.x.shape) and atw.dtype == it.x.dtype
@@ -200,7 +200,7 @@ def test_apply_T_matches_torch_reference_transpose(model_case, name, exporter):
 @pytest.mark.parametrize(("name", "exporter"), cases("jvp", JACOBIAN_MODELS + ["unet"]))
 def test_apply_equals_jvp(model_case, name, exporter):
     case = model_case(name, exporter)
-    k = 2 * case.it.scope.probe_batch + 3  # several probe batches, the last one partial
+    k = 2 * case.it.batch + 3  # several probe batches, the last one partial
     z = np.random.default_rng(7).standard_normal((k, *case.x.shape)).astype(np.float32)
     got, want = case.it.apply(z), jvp(case.module, case.x, z)
     assert got.shape == want.shape == (k, *case.it.output.shape)
@@ -271,7 +271,7 @@ def test_apply_T_equals_vjp(model_case, name, exporter):
     two full probe batches of 16 and a partial one of 3."""
     case = model_case(name, exporter)
     lead = (5, 7)
-    assert np.prod(lead) % case.it.scope.probe_batch != 0
+    assert np.prod(lead) % case.it.batch != 0
     w = np.random.default_rng(23).standard_normal((*lead, *case.it.output.shape))
     w = w.astype(np.float32)
     got = case.it.apply_T(w)
