@@ -7,6 +7,20 @@ import os
 DEFAULT_OPSET = 17  # LayerNorm is one op from 17; opset 23 would fuse attention
 
 
+class Exported(str):
+    """The path written (a str, as `export` always returned) with what the file declares:
+    `opset` (torch's dynamo exporter writes 18 when asked for 17: its translations start there)
+    and `external_data` (the weights are in `<path>.data` beside it)."""
+
+    opset: int
+    external_data: bool
+
+    def __new__(cls, path: str, opset: int, external_data: bool):
+        out = super().__new__(cls, path)
+        out.opset, out.external_data = opset, external_data
+        return out
+
+
 def export(
     module,
     example,
@@ -15,9 +29,20 @@ def export(
     dynamo: bool = False,
     input_name: str = "x",
     output_name: str = "y",
-) -> str:
-    """Export `module` (in eval mode) at `example`'s shape to a single-file ONNX model."""
+    external_data: bool = False,
+    canonical: bool = False,
+) -> Exported:
+    """Export `module` (in eval mode) at `example`'s shape to an ONNX model.
+
+    One file unless `external_data` (needed past protobuf's 2 GB; the weights go to
+    `<file name>.data` beside it). `canonical=True` also runs onnxscope.canonicalize (off by
+    default: the file is then exactly torch's export). Returns the path, with the opset written."""
+    import onnx
     import torch
+
+    from onnxscope.canonicalize import canonicalize
+
+    from .common import onnx_opset, write_model
 
     module = module.eval()
     path = os.fspath(path)
@@ -30,9 +55,9 @@ def export(
                 opset_version=opset,
                 input_names=[input_name],
                 output_names=[output_name],
-                external_data=False,
+                external_data=external_data,
             )
-            program.save(path)
+            program.save(path, external_data=external_data)
         else:
             torch.onnx.export(
                 module,
@@ -43,4 +68,8 @@ def export(
                 input_names=[input_name],
                 output_names=[output_name],
             )
-    return path
+    if canonical or (external_data and not dynamo):
+        model = onnx.load(path)
+        write_model(canonicalize(model) if canonical else model, path, external_data)
+    written = onnx_opset(onnx.load(path, load_external_data=False))
+    return Exported(path, written, external_data)

@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--output-name", help="which model output (default: the only one)")
     sp.add_argument("-o", "--out", required=True, help="the .npy file to write [n, *x.shape]")
+
+    from .report import add_parser as add_report_parser  # `report`: its options live in report.py
+
+    add_report_parser(sub)
+    from .converters.convert import add_parser as add_convert_parser  # `convert`: converters/
+
+    add_convert_parser(sub)
     return p
 
 
@@ -126,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxscopeError as exc:
         print(f"onnxscope: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # the reader went away (`onnxscope inspect M | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+        return EXIT_OK
     except Exception as exc:  # a bug: say so in one paragraph unless --debug
         if args.debug:
             raise
@@ -307,12 +318,26 @@ def _save_npy(path: str, array: np.ndarray) -> None:
     write_atomic(os.path.abspath(path), buffer.getvalue())
 
 
+def cmd_report(args) -> int:  # the `report` subcommand lives in report.py
+    from .report import run_cli
+
+    return run_cli(args)
+
+
+def cmd_convert(args) -> int:  # the `convert` subcommand lives in converters/convert.py
+    from .converters.convert import run_cli
+
+    return run_cli(args)
+
+
 COMMANDS = {
     "inspect": cmd_inspect,
     "rewrite": cmd_rewrite,
     "verify": cmd_verify,
     "rows": cmd_rows,
     "votes": cmd_votes,
+    "report": cmd_report,
+    "convert": cmd_convert,
 }
 
 

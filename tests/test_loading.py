@@ -36,7 +36,10 @@ def conv_relu(weights_as="initializer", x_dims=(1, 2, 6, 6), opset=17):
         inits,
     )
     graph.output[0].type.tensor_type.shape.SetInParent()
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    imports = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = max(4, helper.find_min_ir_version_for(imports))  # older runtimes
+    return model
 
 
 def reference(model, x):
@@ -207,3 +210,25 @@ def test_default_device_from_the_environment(monkeypatch):
     monkeypatch.setenv("ONNXSCOPE_DEVICE", "tpu")
     with pytest.raises(onnxscope.OnnxscopeError, match="tpu"):
         onnxscope.LinearScope(conv_relu())
+
+
+def test_padded_probe_batches_give_the_same_results():
+    """Under CUDA every run keeps one probe-batch shape (short batches are padded with zero
+    probes and the padding is cut off): the results must not change."""
+    scope = onnxscope.LinearScope(conv_relu(), probe_batch=4)
+    x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    it = scope.interpret(x)
+    z = RNG.standard_normal((6, 1, 2, 6, 6)).astype(np.float32)
+    w = RNG.standard_normal((7, 1, 4, 6, 6)).astype(np.float32)
+    want_az, want_atw, want_layers = it.apply(z), it.apply_T(w), it.bias_by_layer()
+    it._s.fixed_shapes = True
+    try:
+        np.testing.assert_array_equal(it.apply(z), want_az)
+        np.testing.assert_array_equal(it.apply_T(w), want_atw)
+        got_layers = it.bias_by_layer()
+        assert got_layers.keys() == want_layers.keys()
+        for name, value in got_layers.items():
+            np.testing.assert_array_equal(value, want_layers[name])
+        assert it.apply(z[:0]).shape == (0, 1, 4, 6, 6)
+    finally:
+        it._s.fixed_shapes = False

