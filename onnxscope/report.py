@@ -58,6 +58,7 @@ def write_report(
     scale=None,
     mean=None,
     std=None,
+    logits: bool = False,
     progress: bool | None = None,
 ) -> str:
     """Write the report of `model` (path or ModelProto) at `image` (a PNG/JPEG or .npy path, or
@@ -80,6 +81,8 @@ def write_report(
       other      values of the model's other inputs: {name: number | array | 'FILE.npy'}.
       device     'cpu' or 'cuda'.
       layout, color, size, scale, mean, std: image conventions (see onnxscope.images).
+      logits     interpret the logits under outputs computed by a Softmax (votes on logits, as
+                 the paper reads them) instead of the probabilities.
       progress   a progress bar on stderr (default: only when stderr is a terminal).
     """
     from . import figures
@@ -91,7 +94,12 @@ def write_report(
     _check_destination(out_dir, [model, image])
     bar = Progress(5, sys.stderr.isatty() if progress is None else progress)
     bar.step("rewriting the model")
-    scope = LinearScope(model, wrt=wrt, providers=device)
+    cut = []
+    if logits:
+        from .model import softmax_outputs_to_logits
+
+        interpreted, cut = softmax_outputs_to_logits(model)
+    scope = LinearScope(interpreted if logits else model, wrt=wrt, providers=device)
     specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
     x, conv = load_image(
         image,
@@ -109,7 +117,7 @@ def write_report(
     it = scope.interpret(x, **others)
     errors = it.verify()
     r = Report(it, conv, labels, radius, channel)
-    r.facts(model, scope, specs, others, device)
+    r.facts(model, scope, specs, others, device, cut)
     chosen = outputs or it.output_names
     unknown = set(chosen) - set(it.output_names)
     if unknown:
@@ -220,7 +228,7 @@ class Report:
         return tuple(shape[2:4]) if self.conv.layout == "NCHW" else tuple(shape[1:3])
 
     # -- sections ------------------------------------------------------------------------------
-    def facts(self, model, scope, specs, others, device) -> None:
+    def facts(self, model, scope, specs, others, device, cut=()) -> None:
         from .runtime import provider_name
 
         it, conv = self.it, self.conv
@@ -243,6 +251,7 @@ class Report:
             ("x range", f"[{float(it.x.min()):.4g}, {float(it.x.max()):.4g}]"),
         ]
         rows += [("note", n) for n in conv.notes]
+        rows += [("note", f"the Softmax under output {n} is cut: {n}_logits is shown") for n in cut]
         rows += [(f"other input {n}", _summary(v)) for n, v in others.items()]
         self.numbers["facts"] = dict(rows[:6])
         self.numbers["conventions"] = conv.as_dict()
@@ -681,11 +690,12 @@ def add_parser(sub) -> None:
     arg("--scale", help="pixel scale, e.g. 1/255 (default for 8-bit images) or 1")
     arg("--mean", help="subtracted after scaling: one value or one per channel")
     arg("--std", help="divided by after the mean: one value or one per channel")
+    arg("--logits", action="store_true", help="interpret the logits under Softmax outputs")
 
 
 CLI_OPTIONS = (  # the write_report options the subcommand passes through as they are
     "wrt outputs classes top labels rows columns channel crop svd_k mask_layer device layout "
-    "color size scale mean std"
+    "color size scale mean std logits"
 ).split()
 
 

@@ -232,3 +232,37 @@ def test_padded_probe_batches_give_the_same_results():
         assert it.apply(z[:0]).shape == (0, 1, 4, 6, 6)
     finally:
         it._s.fixed_shapes = False
+
+
+def test_softmax_outputs_to_logits():
+    """The logits under a Softmax output replace it (renamed NAME_logits); the user's model is
+    not modified and other outputs stay."""
+    from onnxscope.model import softmax_outputs_to_logits
+
+    w = numpy_helper.from_array(RNG.standard_normal((5, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["prob"], axis=-1),
+            helper.make_node("Relu", ["logits"], ["r"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+        [
+            helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4]),
+        ],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    before = model.SerializeToString()
+    cut_model, cut = softmax_outputs_to_logits(model)
+    assert cut == ["prob"] and model.SerializeToString() == before
+    assert [o.name for o in cut_model.graph.output] == ["prob_logits", "r"]
+    x = RNG.standard_normal((1, 5)).astype(np.float32)
+    it = onnxscope.LinearScope(cut_model).interpret(x)
+    want = x @ numpy_helper.to_array(w)
+    np.testing.assert_allclose(it.outputs["prob_logits"], want, rtol=1e-6)
+    votes = it.votes(2, "prob_logits")
+    assert votes.sum() + it.biases["prob_logits"].ravel()[2] == pytest.approx(want[0, 2], rel=1e-5)

@@ -115,3 +115,5 @@ def test_main_job(tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.endswith("index.html") and os.path.exists(last), last
     check_report(tmp_path / "out" / "report")
+    with open(tmp_path / "out" / "report" / "report.json") as f:
+        assert "prob_logits" in json.dumps(json.load(f))  # votes on ONet's logits (--logits)

@@ -10,8 +10,9 @@ root="$(cd "$here/../.." && pwd)"
 bin="${ONNXSCOPE:-$root/.venv/bin/onnxscope}"
 model="${MODEL:-$here/onet.onnx}"    # MTCNN's ONet (see NOTICE)
 image="${IMAGE:-$here/face.png}"     # a 48x48 face crop
-# facenet-pytorch feeds ONet RGB pixels as (p - 127.5) / 128; prob is (not face, face)
-read -r -a image_flags <<< "${IMAGE_FLAGS---scale 1 --mean 127.5 --std 128 --labels not_face,face}"
+# facenet-pytorch feeds ONet RGB pixels as (p - 127.5) / 128; prob is (not face, face), read
+# through its logits (--logits: the Softmax is cut, votes + bias = logit)
+read -r -a image_flags <<< "${IMAGE_FLAGS---scale 1 --mean 127.5 --std 128 --labels not_face,face --logits}"
 out="${OUT_DIR:-$root/out/00_default}"
 "$bin" inspect "$model"
 echo

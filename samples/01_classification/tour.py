@@ -32,14 +32,9 @@ def logits_model(path: str, target: str) -> str:
     """A copy of the model whose Softmax outputs are replaced by the logits under them."""
     import onnx
 
-    model = onnx.load(path)
-    producers = {o: n for n in model.graph.node for o in n.output}
-    for out in model.graph.output:
-        node = producers.get(out.name)
-        if node is not None and node.op_type == "Softmax":
-            node.op_type, out.name = "Identity", f"{out.name}_logits"
-            del node.attribute[:]
-            node.output[0] = out.name
+    from onnxscope.model import softmax_outputs_to_logits
+
+    model, _ = softmax_outputs_to_logits(path)
     onnx.checker.check_model(model)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     onnx.save(model, target)
