@@ -85,7 +85,12 @@ def test_rewrite_writes_standalone_artifacts(sigmoid_model, tmp_path):
     proc = run_cli("rewrite", str(sigmoid_model), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == [
-        "adjoint.onnx", "bias.onnx", "linear.onnx", "manifest.json", "mask.onnx", "scope.onnx"
+        "adjoint.onnx",
+        "bias.onnx",
+        "linear.onnx",
+        "manifest.json",
+        "mask.onnx",
+        "scope.onnx",
     ]
     assert digest(sigmoid_model) == before
     manifest = json.loads((out / "manifest.json").read_text())
