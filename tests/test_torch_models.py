@@ -116,21 +116,16 @@ def test_verify(model_case, name, exporter):
 @pytest.mark.parametrize(("name", "exporter"), cases("output_torch"))
 def test_output_matches_torch(model_case, name, exporter):
     case = model_case(name, exporter)
-    y, out = case.forward(), case.it.output
-    assert out.shape == y.shape
-    np.testing.assert_allclose(out, y, rtol=1e-4, atol=1e-4 * float(np.abs(y).max()))
+    tm.assert_matches(case.it.output, case.forward(), 1e-4)
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("output_ort"))
 def test_mask_graph_outputs_match_plain_model(model_case, name, exporter):
     """The mask graph's model outputs equal a plain ONNX Runtime run of the exported model."""
     case = model_case(name, exporter)
-    sess = ort.InferenceSession(case.path, providers=["CPUExecutionProvider"])
-    (y,) = sess.run(None, {sess.get_inputs()[0].name: case.x_np})
-    out = case.it.output
-    assert out.shape == y.shape and out.dtype == y.dtype
+    y = tm.plain_output(case.path, {case.it.scope.wrt: case.x_np})
     # exposing pre-activations can block ORT's fusions: allow float rounding, nothing more
-    np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5 * float(np.abs(y).max()))
+    tm.assert_matches(case.it.output, y, 1e-5)
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("reference"))

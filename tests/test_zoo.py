@@ -120,21 +120,14 @@ def test_verify(model_case, name, exporter):
 @pytest.mark.parametrize(("name", "exporter"), cases("output_torch"))
 def test_outputs_match_torch(model_case, name, exporter):
     case = model_case(name, exporter)
-    y = case.forward()
-    out = case.it.outputs["y"]
     assert list(case.it.outputs) == ["y"]
-    assert out.shape == y.shape
-    np.testing.assert_allclose(out, y, rtol=1e-4, atol=1e-4 * float(np.abs(y).max()))
+    tm.assert_matches(case.it.outputs["y"], case.forward(), 1e-4)
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("output_ort"))
 def test_mask_graph_outputs_match_plain_model(model_case, name, exporter):
     case = model_case(name, exporter)
-    sess = ort.InferenceSession(case.path, providers=["CPUExecutionProvider"])
-    (y,) = sess.run(None, case.feeds)
-    out = case.it.output
-    assert out.shape == y.shape and out.dtype == y.dtype
-    np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5 * float(np.abs(y).max()))
+    tm.assert_matches(case.it.output, tm.plain_output(case.path, case.feeds), 1e-5)
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("ops"))

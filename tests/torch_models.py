@@ -695,3 +695,18 @@ def parametrized_cases(all_cases, known_bugs, test: str, names, exporters, wildc
         marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
         out.append(pytest.param(name, exporter, marks=marks, id=f"{name}-{exporter}"))
     return out
+
+
+def assert_matches(out: np.ndarray, want: np.ndarray, tol: float) -> None:
+    """Same shape and dtype, and equal to `tol` relative to the largest reference value."""
+    assert out.shape == want.shape and out.dtype == want.dtype, (out.shape, want.shape)
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * float(np.abs(want).max()))
+
+
+def plain_output(path: str, feeds: dict) -> np.ndarray:
+    """The single output of a plain ONNX Runtime run of the exported model."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, feeds)
+    return y
