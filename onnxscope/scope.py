@@ -353,25 +353,20 @@ class Interpretation:
         z1, z2 = rng.standard_normal((2, *self.x.shape)).astype(self.x.dtype)
         a, b = 0.7, -1.3
         both = self.apply_all(np.stack([z1, z2, a * z1 + b * z2]))
-        combo = _flat({n: a * v[0] + b * v[1] for n, v in both.items()})
-        direct = _flat({n: v[2] for n, v in both.items()})
+        az1, az2, direct = (_flat({n: v[k] for n, v in both.items()}) for k in range(3))
+        combo = a * az1 + b * az2
+        # linearity relative to the terms added: where αAz₁ and βAz₂ cancel (ONet's two
+        # antisymmetric logits) float32 cannot resolve their sum better than their size
+        terms = abs(a) * np.linalg.norm(az1) + abs(b) * np.linalg.norm(az2)
         errors = {
             "reconstruction": float(np.linalg.norm(f - (ax + c)) / max(scale, _TINY)),
-            # relative to the terms added: where αAz₁ and βAz₂ cancel (ONet's two antisymmetric
-            # logits) float32 cannot resolve their sum better than their size
             "linearity": float(
-                np.linalg.norm(direct - combo)
-                / max(
-                    np.linalg.norm(combo),
-                    abs(a) * np.linalg.norm(_flat({n: v[0] for n, v in both.items()}))
-                    + abs(b) * np.linalg.norm(_flat({n: v[1] for n, v in both.items()})),
-                    _TINY,
-                )
+                np.linalg.norm(direct - combo) / max(np.linalg.norm(combo), terms, _TINY)
             ),
         }
         if self._s.adjoint is not None:  # <A z, w> = <z, A^T w> for random z, w
             w = {n: rng.standard_normal(v.shape).astype(v.dtype) for n, v in self.outputs.items()}
-            az = _flat({n: both[n][0] for n in self.output_names})
+            az = az1
             atw = self.apply_T_all(w).ravel().astype(np.float64)
             gap = abs(float(az @ _flat(w)) - float(z1.ravel().astype(np.float64) @ atw))
             size = np.linalg.norm(az) * np.linalg.norm(_flat(w))  # DESIGN.md §4
