@@ -95,6 +95,10 @@ def bench_net(name: str, args, device: str) -> dict:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
     tdev = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    if tdev == "cuda":  # full float32 on both sides (ORT runs with use_tf32=0): torch's cuDNN
+        # convolutions default to TF32, which flipped near-tie decisions on an H200 (3e-2 rows)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_with_free_batch(net, x, os.path.join(tmp, f"{name}.onnx"))
