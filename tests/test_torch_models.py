@@ -186,9 +186,7 @@ def test_apply_T_matches_torch_reference_transpose(model_case, name, exporter):
     want = tm.reference_adjoint(case.module, case.x, torch.from_numpy(w)).numpy()
     got = case.it.apply_T(w)
     assert got.shape == want.shape
-    errs = rel_each(got, want)
-    print(f"{name}-{exporter}: apply_T vs reference transpose {errs.max():.2e}")
-    assert errs.max() <= EXACT, errs
+    tm.assert_each_exact(got, want, f"{name}-{exporter}: apply_T vs reference transpose")
 
 
 # -- piecewise-linear networks: A_x is the Jacobian at x --------------------------------------
@@ -238,9 +236,7 @@ def test_rows_equal_vjp_one_hot(model_case, name, exporter):
     # every output here reads some input: no row is (near) zero, so each is compared on its own
     norms = np.linalg.norm(want.reshape(len(idx), -1), axis=1)
     assert norms.min() > 1e-3 * norms.max(), norms
-    errs = rel_each(got, want)
-    print(f"{name}-{exporter}: rows vs vjp {errs.max():.2e} over {len(idx)} rows")
-    assert errs.max() <= EXACT, errs
+    tm.assert_each_exact(got, want, f"{name}-{exporter}: rows vs vjp")
     # a negative index counts from the end, as in numpy
     np.testing.assert_array_equal(case.it.rows([-1])[0], got[1])
 
@@ -272,9 +268,7 @@ def test_apply_T_equals_vjp(model_case, name, exporter):
     got = case.it.apply_T(w)
     assert got.shape == (*lead, *case.x.shape)
     want = vjp(case.module, case.x, w.reshape(-1, *case.it.output.shape))
-    errs = rel_each(got.reshape(want.shape), want)
-    print(f"{name}-{exporter}: apply_T vs vjp {errs.max():.2e} over {len(errs)} cotangents")
-    assert errs.max() <= EXACT, errs
+    tm.assert_each_exact(got.reshape(want.shape), want, f"{name}-{exporter}: apply_T vs vjp")
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("batch2", JACOBIAN_MODELS + ["unet"]))

@@ -151,9 +151,7 @@ def test_apply_equals_jvp(model_case, name, exporter):
     z = np.random.default_rng(7).standard_normal((4, *case.x.shape)).astype(np.float32)
     got, want = case.it.apply(z), jvp(case.fn, case.x, z)
     assert got.shape == want.shape == (4, *case.it.output.shape)
-    errs = rel_each(got, want)
-    print(f"{name}-{exporter}: apply vs jvp {errs.max():.2e}")
-    assert errs.max() <= EXACT, errs
+    tm.assert_each_exact(got, want, f"{name}-{exporter}: apply vs jvp")
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("vjp", PIECEWISE))
@@ -163,9 +161,7 @@ def test_apply_T_equals_vjp(model_case, name, exporter):
     w = np.random.default_rng(23).standard_normal((3, *out_shape)).astype(np.float32)
     got, want = case.it.apply_T(w), vjp(case.fn, case.x, w)
     assert got.shape == want.shape == (3, *case.x.shape)
-    errs = rel_each(got, want)
-    print(f"{name}-{exporter}: apply_T vs vjp {errs.max():.2e}")
-    assert errs.max() <= EXACT, errs
+    tm.assert_each_exact(got, want, f"{name}-{exporter}: apply_T vs vjp")
 
 
 # -- the torch reference interpreter (float64), smooth units included ---------------------------
@@ -195,9 +191,8 @@ def test_apply_T_matches_torch_reference_transpose(model_case, name, exporter):
     want = zoo.reference_adjoint(
         case.fn, case.x, torch.from_numpy(w), softplus_threshold=exporter == "dynamo"
     ).numpy()
-    errs = rel_each(case.it.apply_T(w), want)
-    print(f"{name}-{exporter}: apply_T vs reference transpose {errs.max():.2e}")
-    assert errs.max() <= EXACT, errs
+    label = f"{name}-{exporter}: apply_T vs reference transpose"
+    tm.assert_each_exact(case.it.apply_T(w), want, label)
 
 
 @pytest.mark.parametrize(("name", "exporter"), cases("adjoint_grid"))

@@ -710,3 +710,11 @@ def plain_output(path: str, feeds: dict) -> np.ndarray:
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, feeds)
     return y
+
+
+def assert_each_exact(got: np.ndarray, want: np.ndarray, label: str, tol: float = 1e-5) -> None:
+    """Every slice along the leading axis equal to the reference to `tol` (relative); prints
+    the largest error under `label` (visible with pytest -s)."""
+    errs = rel_each(got, want)
+    print(f"{label}: {errs.max():.2e} over {len(errs)}")
+    assert errs.max() <= tol, errs
