@@ -81,9 +81,10 @@ def central(shape: tuple[int, ...], k: int) -> np.ndarray:
 
 
 def one_hot(indices: np.ndarray, shape, device) -> torch.Tensor:
-    e = torch.zeros(len(indices), int(np.prod(shape)))
-    e[torch.arange(len(indices)), torch.from_numpy(indices)] = 1
-    return e.reshape(len(indices), *shape).to(device)
+    """The test suite's one-hot probes (tests/torch_models.py) as a torch tensor on `device`."""
+    import torch_models  # tests/ is on the path (bench/nets.py puts it there)
+
+    return torch.from_numpy(torch_models.one_hot(indices, shape)).to(device)
 
 
 def bench_net(name: str, args, device: str) -> dict:
