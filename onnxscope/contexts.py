@@ -25,7 +25,7 @@ class MaskContext:
 
     def __init__(self, model: AnalyzedModel, b: GraphBuilder):
         self.model, self.b = model, b
-        self.replaced: dict[int, onnx.NodeProto] = {}
+        self.replaced: dict[int, list[onnx.NodeProto]] = {}  # node index -> its stand-ins
         self.node: onnx.NodeProto
         self.index: int
         self.record: UnitRecord
@@ -38,8 +38,16 @@ class MaskContext:
         if self.index not in self.replaced:
             copy = onnx.NodeProto()
             copy.CopyFrom(self.node)
-            self.replaced[self.index] = copy
-        return self.replaced[self.index]
+            self.replaced[self.index] = [copy]
+        return self.replaced[self.index][0]
+
+    def replace_node(self, build) -> None:
+        """Replace the current node, in place, by the nodes `build()` adds to the mask graph (for
+        a unit whose output is best computed from its own mask)."""
+        start = len(self.b.nodes)
+        build()
+        self.replaced[self.index] = self.b.nodes[start:]
+        del self.b.nodes[start:]
 
     def shape(self, name: str):
         return self.model.shape(name)

@@ -260,14 +260,20 @@ class Rewrite:
         return records
 
     def _mask_graph(self) -> onnx.GraphProto:
-        """The original graph (MaxPool nodes may gain an Indices output) plus the mask nodes."""
+        """The original graph plus the mask nodes; a rule may replace a node in place (a MaxPool
+        gains an Indices output, a HardSwish becomes u * its gain)."""
         graph = onnx.GraphProto()
         graph.CopyFrom(self.model.graph)
         del graph.node[:]
-        graph.node.extend(self._replaced.get(i, n) for i, n in enumerate(self.model.nodes))
+        for i, node in enumerate(self.model.nodes):
+            graph.node.extend(self._replaced.get(i, [node]))
         graph.node.extend(self._mb.nodes)
         graph.initializer.extend(self._mb.initializers.values())
         return graph
+
+    def _replacements(self) -> list[onnx.NodeProto]:
+        """Every node that stands in the mask graph for a node of the model."""
+        return [n for nodes in self._replaced.values() for n in nodes]
 
     def _mask_model(self, exported: list[str]) -> onnx.ModelProto:
         m = self.model
@@ -434,9 +440,7 @@ class Rewrite:
                 vi.CopyFrom(_vi(vi.name, m.dtype(vi.name), list(m.input_shapes[vi.name])))
         inferred = onnx.shape_inference.infer_shapes(_model_like(m.model, graph, "mask"))
         types = {vi.name: _vi_type(vi) for vi in inferred.graph.value_info}
-        made = [
-            o for o in _outputs_of([*self._mb.nodes, *self._replaced.values()]) if o not in m.info
-        ]
+        made = [o for o in _outputs_of([*self._mb.nodes, *self._replacements()]) if o not in m.info]
         missing = [o for o in made if o not in types or types[o][0] == np.dtype("O")]
         if missing:
             raise RuntimeError(f"internal error: could not infer the type of mask(s) {missing}")

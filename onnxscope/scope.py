@@ -37,7 +37,7 @@ class _Sessions:
         self.artifacts = artifacts
         self.mask = make(artifacts.mask)
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]
-        self._make, self._bias_layers = make, None
+        self._make, self._bias_layers, self._expected = make, None, None
         self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
         self.probe_bytes = _probe_bytes(artifacts)
         self.fixed_shapes = self.device == "cuda"  # pad short probe batches (see _batched)
@@ -53,6 +53,21 @@ class _Sessions:
     @functools.cached_property
     def adjoint(self):
         return None if self.artifacts.adjoint is None else self._make(self.artifacts.adjoint)
+
+    def expected_shapes(self, model: AnalyzedModel) -> list[tuple[str, list[int]]]:
+        """(mask graph output, static shape) for every model output and mask of the rewrite
+        (`model` is the analysis it was built from), computed once."""
+        if self._expected is None:
+            expected = {n: tuple(model.shape(n)) for n in model.outputs}
+            for unit in self.artifacts.manifest["units"]:
+                for mask in unit["masks"].values():
+                    expected[mask["output"]] = tuple(mask["shape"])
+            self._expected = [
+                (n, list(shape))
+                for n, shape in expected.items()
+                if n in self.mask_outputs and all(isinstance(d, int) for d in shape)
+            ]
+        return self._expected
 
     def bias_layers(self):
         """(session, imports, node labels) of the bias-by-layer graph, built on first use."""
@@ -94,6 +109,12 @@ class LinearScope:
         self.threads = threads
         self._cache: dict[tuple, tuple[AnalyzedModel, _Sessions]] = {}
 
+    @functools.cached_property
+    def _input_specs(self) -> dict[str, tuple]:
+        from .model import graph_inputs, input_spec
+
+        return {vi.name: input_spec(vi) for vi in graph_inputs(self.model)}
+
     def analyze(self, input_shapes: Mapping[str, Sequence[int]]) -> AnalyzedModel:
         """The model's static facts at these input shapes (no rewriting)."""
         from .model import resolve_input_shapes
@@ -109,7 +130,10 @@ class LinearScope:
         run uses the real input values, which matters where an input carries sizes or scales."""
         from .model import resolve_input_shapes
 
-        shapes = resolve_input_shapes(self.model, {k: tuple(v) for k, v in input_shapes.items()})
+        given = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
+        if not rebuild and given in self._cache:  # every input given, as interpret() does
+            return self._cache[given]
+        shapes = resolve_input_shapes(self.model, dict(given))
         key = tuple(sorted(shapes.items()))
         if rebuild or key not in self._cache:
             analyzed = AnalyzedModel(self.model, shapes, feeds)
@@ -127,15 +151,13 @@ class LinearScope:
 
     def interpret(self, x: np.ndarray, /, **other_inputs: np.ndarray) -> Interpretation:
         """Run the mask graph at x and return the interpretation of the model at that point."""
-        from .model import graph_inputs, input_spec
-
         if self.wrt in other_inputs:
             raise InputError(
                 f"'{self.wrt}' is the interpreted input: pass it as the first argument."
             )
         inputs = {self.wrt: x, **other_inputs}
         feeds = {}
-        specs = {vi.name: input_spec(vi) for vi in graph_inputs(self.model)}
+        specs = self._input_specs
         missing = [n for n in specs if n not in inputs]
         if missing:
             raise InputError(f"Missing value(s) for model input(s) {missing}.")
@@ -161,7 +183,10 @@ def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
             array = array.astype(dtype)
         else:
             raise InputError(f"Input '{name}' has dtype {array.dtype}; the model expects {dtype}.")
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+    # min and max are NaN when any element is (and infinite when one is): no boolean temporary
+    if np.issubdtype(array.dtype, np.floating) and array.size and not (
+        np.isfinite(array.min()) and np.isfinite(array.max())
+    ):
         raise InputError(f"Input '{name}' contains NaN or infinite values.")
     return np.require(array, requirements="C")  # keeps 0-d arrays 0-d
 
@@ -178,7 +203,6 @@ class Interpretation:
         self.x = feeds[scope.wrt]
         self.inputs = feeds
         self.output_names = list(model.outputs)
-        self.batch = scope.batch_for(sessions)
         # One run of the mask graph: F(x) comes back to the host, the masks stay where the
         # session ran (device memory under CUDA) and are bound from there to every probe batch.
         binding = sessions.mask.io_binding()
@@ -191,17 +215,16 @@ class Interpretation:
         self.outputs = {n: self._mask_values[n].numpy() for n in self.output_names}
         self._bias = None
 
+    @functools.cached_property
+    def batch(self) -> int:
+        """Probes per run of the linear and adjoint graphs (LinearScope.batch_for)."""
+        return self.scope.batch_for(self._s)
+
     def shapes_match_analysis(self) -> bool:
         """Whether the mask graph's outputs have the shapes the rewrite was built for."""
-        manifest = self._s.artifacts.manifest
-        expected = {n: tuple(self.model.shape(n)) for n in self.output_names}
-        for unit in manifest["units"]:
-            for mask in unit["masks"].values():
-                expected[mask["output"]] = tuple(mask["shape"])
         return all(
-            tuple(self._mask_values[n].shape()) == shape
-            for n, shape in expected.items()
-            if n in self._mask_values and all(isinstance(d, int) for d in shape)
+            self._mask_values[name].shape() == shape
+            for name, shape in self._s.expected_shapes(self.model)
         )
 
     # -- results at x --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ For every spec:
   model, and the mask, linear and bias artifacts pass the full ONNX checker;
 - `test_masks` (specs with `ref`): the frozen decisions equal a naive numpy reference computed
   from the original model's intermediate tensors (Relu mask == u > 0, MaxPool selection == first
-  argmax of each window, Tanh gain == tanh(u)/u, a frozen gate == the gate's value...);
+  maximum of each window, Tanh gain == tanh(u)/u, a frozen gate == the gate's value...);
 - `test_finite_difference` (piecewise-linear specs, `pwl=True`): A_x e_j equals the central
   difference (F(x + h e_j) − F(x − h e_j)) / 2h at indices j whose ±h steps cross no kink or tie
   (checked by re-interpreting at x ± h e_j): for these models A_x is the Jacobian at x.
@@ -19,7 +19,8 @@ Conventions pinned down here (see the "kinks and ties" tests):
 - Relu at exactly u = 0 is off (gain 0); LeakyRelu/PRelu at 0 take the negative slope.
 - Abs at exactly 0 takes gain +1.
 - Clip at exactly a bound counts as saturated (gain 0, intercept = the bound).
-- MaxPool, GlobalMaxPool and ReduceMax ties select the first maximum (lowest flat index).
+- MaxPool ties select the first maximum of the window (C order over the kernel), GlobalMaxPool
+  and ReduceMax ties the lowest flat index.
 - Max/Min ties select the earlier operand.
 
 Known onnxscope bugs are pinned by strict xfails whose reasons start with "onnxscope bug"; the
@@ -131,32 +132,35 @@ def frozen_ref(unit, *names, fn=None):
     return lambda e: {(unit, f"frozen:{n}"): (fn(e) if fn else e[n]) for n in names}
 
 
-def maxpool_argmax(x, out_shape, kernel, strides=None, pads=None, dilations=None):
-    """Flat N*C*H*W index of the first maximum in each window (padding never selected)."""
+def maxpool_window(x, out_shape, kernel, strides=None, pads=None, dilations=None, flat=False):
+    """Offset (C order over the kernel) of the first maximum in each window, or with `flat` its
+    flat N*C*H*W index; padding is never selected."""
     nd = len(kernel)
     strides = strides or [1] * nd
     dilations = dilations or [1] * nd
     pads = pads or [0] * (2 * nd)
     spatial_in = x.shape[2:]
+    out = np.zeros(out_shape, np.int64 if flat else np.uint8)
     flat_index = np.arange(x.size).reshape(x.shape)
-    out = np.zeros(out_shape, np.int64)
     for n in range(x.shape[0]):
         for c in range(x.shape[1]):
             for o in np.ndindex(*out_shape[2:]):
-                best, best_idx = None, None
-                for k in np.ndindex(*kernel):
-                    pos_ = [o[d] * strides[d] - pads[d] + k[d] * dilations[d] for d in range(nd)]
+                best, best_k = None, None
+                for k, offset in enumerate(np.ndindex(*kernel)):
+                    pos_ = [o[d] * strides[d] - pads[d] + offset[d] * dilations[d] for d in range(nd)]
                     if any(p < 0 or p >= spatial_in[d] for d, p in enumerate(pos_)):
                         continue
                     v = x[(n, c, *pos_)]
                     if best is None or v > best:
-                        best, best_idx = v, flat_index[(n, c, *pos_)]
-                out[(n, c, *o)] = best_idx
+                        best, best_k = v, flat_index[(n, c, *pos_)] if flat else k
+                out[(n, c, *o)] = best_k
     return out
 
 
-def pool_ref(unit, u, **kw):
-    return lambda e: {(unit, "argmax"): maxpool_argmax(e[u], e[unit].shape, **kw)}
+def pool_ref(unit, u, flat=False, **kw):
+    """float32 MaxPools store the window offset, others ONNX Runtime's flat index."""
+    label = "argmax" if flat else "window"
+    return lambda e: {(unit, label): maxpool_window(e[u], e[unit].shape, flat=flat, **kw)}
 
 
 def reduce_argmax(x, axes, keepdims, op="max"):
@@ -446,6 +450,14 @@ SPECS: list[Spec] = [
       ref=pool_ref("y", "u", kernel=[3], strides=[2], pads=[1, 1])),
     S("MaxPool_batch2", ["y = MaxPool <kernel_shape=[2,2], strides=[2,2]> (x)"],
       {"x": (2, 3, 4, 4)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[2, 2])),
+    S("MaxPool_3d_pads", ["y = MaxPool <kernel_shape=[2,3,2], strides=[1,2,2], pads=[1,0,1,0,1,1]> (x)"],
+      {"x": (1, 2, 3, 5, 4)}, pwl=True,
+      ref=pool_ref("y", "x", kernel=[2, 3, 2], strides=[1, 2, 2], pads=[1, 0, 1, 0, 1, 1])),
+    S("MaxPool_floor_mode_unused_tail", ["y = MaxPool <kernel_shape=[2,2], strides=[3,3]> (x)"],
+      {"x": (1, 2, 7, 8)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[3, 3])),
+    S("MaxPool_opset10_indices", ["y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1]> (x)"],
+      {"x": (1, 2, 7, 7)}, opset=10, pwl=True,
+      ref=pool_ref("y", "x", flat=True, kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
     S("GlobalMaxPool", ["u = Conv (x, W, B)", "y = GlobalMaxPool(u)"],
       {"x": (1, 2, 5, 5)}, {"W": w(3, 2, 3, 3), "B": w(3)}, pwl=True,
       ref=lambda e: {("y", "argmax"): reduce_argmax(e["u"], [2, 3], True)}),
@@ -753,7 +765,8 @@ SPECS: list[Spec] = [
     S("F64_MatMul_Relu", ["u = MatMul(x, W)", "y = Relu(u)"], {"x": ((3, 4), F64)},
       {"W": d(w(4, 5))}, pwl=True, tol=1e-12, ref=relu_ref("y", "u")),
     S("F64_MaxPool", ["y = MaxPool <kernel_shape=[2,2], strides=[1,1]> (x)"],
-      {"x": ((1, 1, 4, 4), F64)}, pwl=True, tol=1e-12, ref=pool_ref("y", "x", kernel=[2, 2])),
+      {"x": ((1, 1, 4, 4), F64)}, pwl=True, tol=1e-12,
+      ref=pool_ref("y", "x", flat=True, kernel=[2, 2])),
     S("F64_Clip", ["y = Clip (x, lo, hi)"], {"x": ((3, 4), F64)}, {"lo": d(-0.3), "hi": d(0.4)},
       pwl=True, tol=1e-12, ref=piece_ref("y", lambda e: clip_state(e["x"], -0.3, 0.4))),
     S("F64_Tanh_Sigmoid", ["t = Tanh(x)", "y = Sigmoid(t)"], {"x": ((3, 4), F64)}, tol=1e-12,
@@ -910,21 +923,22 @@ def test_clip_at_exact_bounds_is_saturated():
 
 
 def test_maxpool_ties_pick_the_first_maximum():
-    # overlapping 2x2 windows on a constant image: every window keeps its top-left element
+    # overlapping 2x2 windows on a constant image: every window keeps its first element inside
+    # the image (offsets in C order: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)
     model = make_model(
         ["y = MaxPool <kernel_shape=[2,2], strides=[1,1], pads=[1,1,0,0]> (x)"], {"x": (1, 1, 3, 3)}
     )
     x = np.full((1, 1, 3, 3), 0.5, F32)
     c = _single(model, x)
-    got = c.mask("y", "argmax")
-    want = maxpool_argmax(x, got.shape, [2, 2], pads=[1, 1, 0, 0])
-    np.testing.assert_array_equal(got, want)
-    assert want.ravel().tolist() == [0, 0, 1, 0, 0, 1, 3, 3, 4]
-    # A_x is the selection: column j is the indicator of the windows that picked j
+    got = c.mask("y", "window")
+    np.testing.assert_array_equal(got, maxpool_window(x, got.shape, [2, 2], pads=[1, 1, 0, 0]))
+    assert got.ravel().tolist() == [3, 2, 2, 1, 0, 0, 1, 0, 0]
+    # A_x is the selection: column j is the indicator of the windows that picked pixel j
+    picked = [0, 0, 1, 0, 0, 1, 3, 3, 4]
     cols = c.it.columns(range(9)).reshape(9, 9)
-    np.testing.assert_array_equal(
-        cols, (want.ravel()[None, :] == np.arange(9)[:, None]).astype(F32)
-    )
+    np.testing.assert_array_equal(cols, (np.array(picked)[None, :] == np.arange(9)[:, None]).astype(F32))
+    rows = c.it.rows(range(9)).reshape(9, 9)
+    np.testing.assert_array_equal(rows, cols.T)
 
 
 def test_globalmaxpool_and_reducemax_ties_pick_the_first_maximum():

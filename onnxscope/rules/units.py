@@ -349,6 +349,19 @@ class HardSwish(SecantUnit):
     def secant_gain(self, node, m) -> str:
         return m.b.op("HardSigmoid", [node.input[0]], "gain", alpha=1.0 / 6.0, beta=0.5)
 
+    def masks(self, node, m) -> None:
+        # the unit's own output as u * gain (ONNX's definition of HardSwish), so that the mask
+        # pass runs one HardSigmoid per unit rather than two
+        gain = None
+
+        def unit():
+            nonlocal gain
+            gain = self.secant_gain(node, m)
+            m.b.op("Mul", [node.input[0], gain], outputs=[node.output[0]])
+
+        m.replace_node(unit)
+        m.add("gain", gain)
+
 
 class PowerUnit(SecantUnit):
     """u^p = (u^(p-1)) * u: gain y/u through the origin (0 where u = 0); f(0) taken as 0."""
