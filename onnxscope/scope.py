@@ -184,8 +184,10 @@ def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
         else:
             raise InputError(f"Input '{name}' has dtype {array.dtype}; the model expects {dtype}.")
     # min and max are NaN when any element is (and infinite when one is): no boolean temporary
-    if np.issubdtype(array.dtype, np.floating) and array.size and not (
-        np.isfinite(array.min()) and np.isfinite(array.max())
+    if (
+        np.issubdtype(array.dtype, np.floating)
+        and array.size
+        and not (np.isfinite(array.min()) and np.isfinite(array.max()))
     ):
         raise InputError(f"Input '{name}' contains NaN or infinite values.")
     return np.require(array, requirements="C")  # keeps 0-d arrays 0-d

@@ -147,7 +147,9 @@ def maxpool_window(x, out_shape, kernel, strides=None, pads=None, dilations=None
             for o in np.ndindex(*out_shape[2:]):
                 best, best_k = None, None
                 for k, offset in enumerate(np.ndindex(*kernel)):
-                    pos_ = [o[d] * strides[d] - pads[d] + offset[d] * dilations[d] for d in range(nd)]
+                    pos_ = [
+                        o[d] * strides[d] - pads[d] + offset[d] * dilations[d] for d in range(nd)
+                    ]
                     if any(p < 0 or p >= spatial_in[d] for d, p in enumerate(pos_)):
                         continue
                     v = x[(n, c, *pos_)]
@@ -450,12 +452,14 @@ SPECS: list[Spec] = [
       ref=pool_ref("y", "u", kernel=[3], strides=[2], pads=[1, 1])),
     S("MaxPool_batch2", ["y = MaxPool <kernel_shape=[2,2], strides=[2,2]> (x)"],
       {"x": (2, 3, 4, 4)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[2, 2])),
-    S("MaxPool_3d_pads", ["y = MaxPool <kernel_shape=[2,3,2], strides=[1,2,2], pads=[1,0,1,0,1,1]> (x)"],
+    S("MaxPool_3d_pads",
+      ["y = MaxPool <kernel_shape=[2,3,2], strides=[1,2,2], pads=[1,0,1,0,1,1]> (x)"],
       {"x": (1, 2, 3, 5, 4)}, pwl=True,
       ref=pool_ref("y", "x", kernel=[2, 3, 2], strides=[1, 2, 2], pads=[1, 0, 1, 0, 1, 1])),
     S("MaxPool_floor_mode_unused_tail", ["y = MaxPool <kernel_shape=[2,2], strides=[3,3]> (x)"],
       {"x": (1, 2, 7, 8)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[3, 3])),
-    S("MaxPool_opset10_indices", ["y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1]> (x)"],
+    S("MaxPool_opset10_indices",
+      ["y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1]> (x)"],
       {"x": (1, 2, 7, 7)}, opset=10, pwl=True,
       ref=pool_ref("y", "x", flat=True, kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
     S("GlobalMaxPool", ["u = Conv (x, W, B)", "y = GlobalMaxPool(u)"],
@@ -936,7 +940,9 @@ def test_maxpool_ties_pick_the_first_maximum():
     # A_x is the selection: column j is the indicator of the windows that picked pixel j
     picked = [0, 0, 1, 0, 0, 1, 3, 3, 4]
     cols = c.it.columns(range(9)).reshape(9, 9)
-    np.testing.assert_array_equal(cols, (np.array(picked)[None, :] == np.arange(9)[:, None]).astype(F32))
+    np.testing.assert_array_equal(
+        cols, (np.array(picked)[None, :] == np.arange(9)[:, None]).astype(F32)
+    )
     rows = c.it.rows(range(9)).reshape(9, 9)
     np.testing.assert_array_equal(rows, cols.T)
 
