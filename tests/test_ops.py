@@ -160,7 +160,8 @@ def maxpool_window(x, out_shape, kernel, strides=None, pads=None, dilations=None
 
 
 def pool_ref(unit, u, flat=False, **kw):
-    """float32 MaxPools store the window offset, others ONNX Runtime's flat index."""
+    """float32 MaxPools with strides >= 2 store the window offset, others ONNX Runtime's flat
+    index."""
     label = "argmax" if flat else "window"
     return lambda e: {(unit, label): maxpool_window(e[u], e[unit].shape, flat=flat, **kw)}
 
@@ -437,7 +438,7 @@ SPECS: list[Spec] = [
       ref=lambda e: {("y", "intercept"): e["y"].astype(np.float64) - e["t"]}),
     # --- pooling ---
     S("MaxPool_overlapping", ["y = MaxPool <kernel_shape=[3,3], strides=[1,1]> (x)"],
-      {"x": (1, 2, 5, 6)}, pwl=True, ref=pool_ref("y", "x", kernel=[3, 3])),
+      {"x": (1, 2, 5, 6)}, pwl=True, ref=pool_ref("y", "x", flat=True, kernel=[3, 3])),
     S("MaxPool_ceil_mode_pads_strides",
       ["y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,0,0], ceil_mode=1> (x)"],
       {"x": (1, 2, 7, 8)}, pwl=True,
@@ -445,7 +446,7 @@ SPECS: list[Spec] = [
     S("MaxPool_dilations",
       ["y = MaxPool <kernel_shape=[2,2], dilations=[2,2], strides=[1,2]> (x)"],
       {"x": (1, 2, 6, 7)}, pwl=True,
-      ref=pool_ref("y", "x", kernel=[2, 2], strides=[1, 2], dilations=[2, 2])),
+      ref=pool_ref("y", "x", flat=True, kernel=[2, 2], strides=[1, 2], dilations=[2, 2])),
     S("MaxPool_1d_after_conv",
       ["u = Conv (x, W)", "y = MaxPool <kernel_shape=[3], strides=[2], pads=[1,1]> (u)"],
       {"x": (1, 2, 11)}, {"W": w(3, 2, 3)}, pwl=True,
@@ -453,9 +454,9 @@ SPECS: list[Spec] = [
     S("MaxPool_batch2", ["y = MaxPool <kernel_shape=[2,2], strides=[2,2]> (x)"],
       {"x": (2, 3, 4, 4)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[2, 2])),
     S("MaxPool_3d_pads",
-      ["y = MaxPool <kernel_shape=[2,3,2], strides=[1,2,2], pads=[1,0,1,0,1,1]> (x)"],
+      ["y = MaxPool <kernel_shape=[2,3,2], strides=[2,2,2], pads=[1,0,1,0,1,1]> (x)"],
       {"x": (1, 2, 3, 5, 4)}, pwl=True,
-      ref=pool_ref("y", "x", kernel=[2, 3, 2], strides=[1, 2, 2], pads=[1, 0, 1, 0, 1, 1])),
+      ref=pool_ref("y", "x", kernel=[2, 3, 2], strides=[2, 2, 2], pads=[1, 0, 1, 0, 1, 1])),
     S("MaxPool_floor_mode_unused_tail", ["y = MaxPool <kernel_shape=[2,2], strides=[3,3]> (x)"],
       {"x": (1, 2, 7, 8)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[3, 3])),
     S("MaxPool_opset10_indices",
@@ -697,7 +698,11 @@ SPECS: list[Spec] = [
       {"x": (1, 1, 6, 5)}, pwl=True,
       ref=pool_ref("y", "x", kernel=[3, 3], strides=[2, 2], pads=[0, 1, 1, 1])),
     S("MaxPool_indices_output", ["y, idx = MaxPool <kernel_shape=[2,2]> (x)"],
-      {"x": (1, 1, 4, 4)}, outputs=["y", "idx"], pwl=True, ref=pool_ref("y", "x", kernel=[2, 2])),
+      {"x": (1, 1, 4, 4)}, outputs=["y", "idx"], pwl=True,
+      ref=pool_ref("y", "x", flat=True, kernel=[2, 2])),
+    S("MaxPool_indices_output_stride2", ["y, idx = MaxPool <kernel_shape=[2,2], strides=[2,2]> (x)"],
+      {"x": (1, 1, 4, 4)}, outputs=["y", "idx"], pwl=True,
+      ref=pool_ref("y", "x", kernel=[2, 2], strides=[2, 2])),
     S("MaxPool_opset22", ["y = MaxPool <kernel_shape=[3,3], strides=[2,2], ceil_mode=1> (x)"],
       {"x": (1, 2, 6, 6)}, opset=22, pwl=True,
       ref=pool_ref("y", "x", kernel=[3, 3], strides=[2, 2])),
@@ -927,24 +932,42 @@ def test_clip_at_exact_bounds_is_saturated():
 
 
 def test_maxpool_ties_pick_the_first_maximum():
-    # overlapping 2x2 windows on a constant image: every window keeps its first element inside
-    # the image (offsets in C order: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)
+    # overlapping 2x2 windows (stride 1, ONNX Runtime's flat indices) on a constant image:
+    # every window keeps its first element inside the image
     model = make_model(
         ["y = MaxPool <kernel_shape=[2,2], strides=[1,1], pads=[1,1,0,0]> (x)"], {"x": (1, 1, 3, 3)}
     )
     x = np.full((1, 1, 3, 3), 0.5, F32)
     c = _single(model, x)
-    got = c.mask("y", "window")
-    np.testing.assert_array_equal(got, maxpool_window(x, got.shape, [2, 2], pads=[1, 1, 0, 0]))
-    assert got.ravel().tolist() == [3, 2, 2, 1, 0, 0, 1, 0, 0]
-    # A_x is the selection: column j is the indicator of the windows that picked pixel j
-    picked = [0, 0, 1, 0, 0, 1, 3, 3, 4]
-    cols = c.it.columns(range(9)).reshape(9, 9)
+    picked = c.mask("y", "argmax")
     np.testing.assert_array_equal(
-        cols, (np.array(picked)[None, :] == np.arange(9)[:, None]).astype(F32)
+        picked, maxpool_window(x, picked.shape, [2, 2], pads=[1, 1, 0, 0], flat=True)
     )
-    rows = c.it.rows(range(9)).reshape(9, 9)
-    np.testing.assert_array_equal(rows, cols.T)
+    assert picked.ravel().tolist() == [0, 0, 1, 0, 0, 1, 3, 3, 4]
+    _assert_selects(c, picked.ravel(), 9)
+
+
+def test_maxpool_by_window_offset_ties_pick_the_first_maximum():
+    # stride 2 with padding on a constant image: each window keeps its first offset inside the
+    # image (offsets in C order: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)
+    model = make_model(
+        ["y = MaxPool <kernel_shape=[2,2], strides=[2,2], pads=[1,1,1,1]> (x)"], {"x": (1, 1, 4, 4)}
+    )
+    x = np.full((1, 1, 4, 4), 0.5, F32)
+    c = _single(model, x)
+    window = c.mask("y", "window")
+    np.testing.assert_array_equal(window, maxpool_window(x, window.shape, [2, 2], [2, 2], [1] * 4))
+    assert window.ravel().tolist() == [3, 2, 2, 1, 0, 0, 1, 0, 0]
+    _assert_selects(c, [0, 1, 3, 4, 5, 7, 12, 13, 15], 16)
+
+
+def _assert_selects(c, picked, size):
+    """A_x is the selection of input pixels `picked` (one per output), its transpose the
+    scatter back."""
+    cols = c.it.columns(range(size)).reshape(size, len(picked))
+    want = (np.asarray(picked)[None, :] == np.arange(size)[:, None]).astype(F32)
+    np.testing.assert_array_equal(cols, want)
+    np.testing.assert_array_equal(c.it.rows(range(len(picked))).reshape(len(picked), size), want.T)
 
 
 def test_globalmaxpool_and_reducemax_ties_pick_the_first_maximum():

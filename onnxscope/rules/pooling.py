@@ -61,14 +61,24 @@ class MaxPool(Selection):
     each is compared with the pooled value, padding is masked out, and ArgMax keeps the first
     match. On ResNet-18's stem (3x3 windows, stride 2, 64x112x112) this takes 1.4 ms on two cores
     where ONNX Runtime's MaxPool with its Indices output takes 2.1 ms (0.1 ms without), and it
-    stores one byte per output instead of eight. Where it cannot run (before
-    opset 11 there is no float Equal; ONNX Runtime's CPU Conv is float32 only) ONNX Runtime's own
-    flat indices are the mask.
+    stores one byte per output instead of eight.
+
+    The copies are exact only for a convolution computed as a sum of products in float32: no
+    TF32 (onnxscope's CUDA sessions turn it off), no Winograd or FFT algorithm, which cuDNN
+    offers for stride 1 only. So pools with a stride of 1 on some axis, and those this cannot run
+    (before opset 11 there is no float Equal; ONNX Runtime's CPU Conv is float32 only) keep ONNX
+    Runtime's own flat indices as the mask.
     """
 
     @staticmethod
     def by_offset(node, model) -> bool:
-        return model.opset >= 11 and model.dtype(node.input[0]) == np.float32
+        spatial = len(attr(node, "kernel_shape"))
+        strides = attr(node, "strides", [1] * spatial)
+        return (
+            model.opset >= 11
+            and model.dtype(node.input[0]) == np.float32
+            and all(s >= 2 for s in strides)
+        )
 
     def plan(self, node, lin, model) -> Plan:
         if self.by_offset(node, model):
