@@ -31,10 +31,11 @@ marker must then be removed.
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import onnx
@@ -700,7 +701,8 @@ SPECS: list[Spec] = [
     S("MaxPool_indices_output", ["y, idx = MaxPool <kernel_shape=[2,2]> (x)"],
       {"x": (1, 1, 4, 4)}, outputs=["y", "idx"], pwl=True,
       ref=pool_ref("y", "x", flat=True, kernel=[2, 2])),
-    S("MaxPool_indices_output_stride2", ["y, idx = MaxPool <kernel_shape=[2,2], strides=[2,2]> (x)"],
+    S("MaxPool_indices_output_stride2",
+      ["y, idx = MaxPool <kernel_shape=[2,2], strides=[2,2]> (x)"],
       {"x": (1, 1, 4, 4)}, outputs=["y", "idx"], pwl=True,
       ref=pool_ref("y", "x", kernel=[2, 2], strides=[2, 2])),
     S("MaxPool_opset22", ["y = MaxPool <kernel_shape=[3,3], strides=[2,2], ceil_mode=1> (x)"],
@@ -813,7 +815,12 @@ def built(spec_id: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return model, spec.feeds(model)
 
 
-@cache
+# Under CUDA each interpretation holds CUDA sessions with their own cuBLAS and cuDNN handles; a
+# whole table of them alive in one process ran out (CUBLAS_STATUS_ALLOC_FAILED on an H200)
+_LIVE_INTERPRETATIONS = None if os.environ.get("ONNXSCOPE_DEVICE", "cpu") == "cpu" else 16
+
+
+@lru_cache(maxsize=_LIVE_INTERPRETATIONS)
 def checked(spec_id: str) -> Checked:
     model, feeds = built(spec_id)
     return check_model(model, feeds, tol=SPEC_BY_ID[spec_id].tol)
