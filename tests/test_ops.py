@@ -59,6 +59,12 @@ import onnxscope
 F32 = np.float32
 F64 = np.float64
 I64 = np.int64
+
+# Under CUDA each interpretation holds CUDA sessions with their own cuBLAS and cuDNN handles; a
+# whole table of them alive in one process ran out (CUBLAS_STATUS_ALLOC_FAILED on an H200)
+ON_CUDA = os.environ.get("ONNXSCOPE_DEVICE", "cpu") == "cuda"
+_LIVE_INTERPRETATIONS = 16 if ON_CUDA else None
+
 _W = np.random.default_rng(20261101)
 
 
@@ -274,11 +280,17 @@ class Spec:
     gen: Callable | None = None  # rng -> {name: array}; default: standard normal away from 0
     margin: float = 0.05
     tol: float = 1e-5
+    # under ONNXSCOPE_DEVICE=cuda: where ONNX Runtime's CUDA kernel itself is less precise
+    cuda_tol: float | None = None
     xfail: dict = field(default_factory=dict)  # {"check" | "masks" | "fd": reason}
     valid_onnx: bool = True  # False: the current onnx checker itself rejects the test model
 
     def model(self) -> onnx.ModelProto:
         return make_model(self.nodes, self.inputs, self.outputs, self.inits, self.opset)
+
+    @property
+    def device_tol(self) -> float:
+        return self.cuda_tol if self.cuda_tol and ON_CUDA else self.tol
 
     def feeds(self, model) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(zlib.crc32(self.id.encode()))
@@ -782,10 +794,11 @@ SPECS: list[Spec] = [
       pwl=True, tol=1e-12, ref=piece_ref("y", lambda e: clip_state(e["x"], -0.3, 0.4))),
     S("F64_Tanh_Sigmoid", ["t = Tanh(x)", "y = Sigmoid(t)"], {"x": ((3, 4), F64)}, tol=1e-12,
       ref=refs(gain_ref("t", "x", np.tanh, 0.0, 1.0), gain_ref("y", "t", sigmoid, 0.5, 0.25))),
-    S("F64_Softmax", ["y = Softmax (x)"], {"x": ((3, 4), F64)}, tol=1e-12,
+    # ORT 1.31.1's CUDA kernels for these two ops reconstructed to 1.5e-8 and 5.1e-8 on an H200
+    S("F64_Softmax", ["y = Softmax (x)"], {"x": ((3, 4), F64)}, tol=1e-12, cuda_tol=1e-7,
       ref=softmax_ref("y", "x", [1])),
     S("F64_LayerNormalization", ["y = LayerNormalization (x, g, b)"], {"x": ((3, 4), F64)},
-      {"g": d(w(4)), "b": d(w(4))}, tol=1e-10,
+      {"g": d(w(4)), "b": d(w(4))}, tol=1e-10, cuda_tol=1e-7,
       ref=inv_sigma_ref("y", "x", lambda s: s, [1], 1e-5)),
 ]
 # fmt: on
@@ -815,15 +828,10 @@ def built(spec_id: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return model, spec.feeds(model)
 
 
-# Under CUDA each interpretation holds CUDA sessions with their own cuBLAS and cuDNN handles; a
-# whole table of them alive in one process ran out (CUBLAS_STATUS_ALLOC_FAILED on an H200)
-_LIVE_INTERPRETATIONS = None if os.environ.get("ONNXSCOPE_DEVICE", "cpu") == "cpu" else 16
-
-
 @lru_cache(maxsize=_LIVE_INTERPRETATIONS)
 def checked(spec_id: str) -> Checked:
     model, feeds = built(spec_id)
-    return check_model(model, feeds, tol=SPEC_BY_ID[spec_id].tol)
+    return check_model(model, feeds, tol=SPEC_BY_ID[spec_id].device_tol)
 
 
 # -- the table's tests -------------------------------------------------------------------------
@@ -832,7 +840,7 @@ def checked(spec_id: str) -> Checked:
 @pytest.mark.parametrize("spec_id", params("check"))
 def test_op(spec_id):
     c = checked(spec_id)
-    assert c.errors["reconstruction"] <= SPEC_BY_ID[spec_id].tol
+    assert c.errors["reconstruction"] <= SPEC_BY_ID[spec_id].device_tol
 
 
 @pytest.mark.parametrize("spec_id", params("masks", lambda s: s.ref is not None))
