@@ -946,43 +946,31 @@ def test_clip_at_exact_bounds_is_saturated():
     np.testing.assert_allclose(c.it.bias, f([[-0.5, 0.7, 0.0, -0.5, 0.7]]))
 
 
-def test_maxpool_ties_pick_the_first_maximum():
-    # overlapping 2x2 windows (stride 1, ONNX Runtime's flat indices) on a constant image:
-    # every window keeps its first element inside the image
-    model = make_model(
-        ["y = MaxPool <kernel_shape=[2,2], strides=[1,1], pads=[1,1,0,0]> (x)"], {"x": (1, 1, 3, 3)}
-    )
-    x = np.full((1, 1, 3, 3), 0.5, F32)
-    c = _single(model, x)
-    picked = c.mask("y", "argmax")
+@pytest.mark.parametrize(
+    "strides, pads, size, label, stored, picked",
+    [  # stride 1 stores ONNX Runtime's flat indices, stride 2 the window offsets (C order)
+        ([1, 1], [1, 1, 0, 0], 3, "argmax", [0, 0, 1, 0, 0, 1, 3, 3, 4], None),  # picked = stored
+        ([2, 2], [1] * 4, 4, "window", [3, 2, 2, 1, 0, 0, 1, 0, 0], [0, 1, 3, 4, 5, 7, 12, 13, 15]),
+    ],
+    ids=["stride1_flat_index", "stride2_window_offset"],
+)
+def test_maxpool_ties_pick_the_first_maximum(strides, pads, size, label, stored, picked):
+    # 2x2 windows on a constant image: every window keeps its first element inside the image
+    ints = lambda v: "[" + ",".join(map(str, v)) + "]"  # noqa: E731
+    node = f"y = MaxPool <kernel_shape=[2,2], strides={ints(strides)}, pads={ints(pads)}> (x)"
+    x = np.full((1, 1, size, size), 0.5, F32)
+    c = _single(make_model([node], {"x": x.shape}), x)
+    got = c.mask("y", label)
+    flat = label == "argmax"
     np.testing.assert_array_equal(
-        picked, maxpool_window(x, picked.shape, [2, 2], pads=[1, 1, 0, 0], flat=True)
+        got, maxpool_window(x, got.shape, [2, 2], strides, pads, flat=flat)
     )
-    assert picked.ravel().tolist() == [0, 0, 1, 0, 0, 1, 3, 3, 4]
-    _assert_selects(c, picked.ravel(), 9)
-
-
-def test_maxpool_by_window_offset_ties_pick_the_first_maximum():
-    # stride 2 with padding on a constant image: each window keeps its first offset inside the
-    # image (offsets in C order: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)
-    model = make_model(
-        ["y = MaxPool <kernel_shape=[2,2], strides=[2,2], pads=[1,1,1,1]> (x)"], {"x": (1, 1, 4, 4)}
-    )
-    x = np.full((1, 1, 4, 4), 0.5, F32)
-    c = _single(model, x)
-    window = c.mask("y", "window")
-    np.testing.assert_array_equal(window, maxpool_window(x, window.shape, [2, 2], [2, 2], [1] * 4))
-    assert window.ravel().tolist() == [3, 2, 2, 1, 0, 0, 1, 0, 0]
-    _assert_selects(c, [0, 1, 3, 4, 5, 7, 12, 13, 15], 16)
-
-
-def _assert_selects(c, picked, size):
-    """A_x is the selection of input pixels `picked` (one per output), its transpose the
-    scatter back."""
-    cols = c.it.columns(range(size)).reshape(size, len(picked))
-    want = (np.asarray(picked)[None, :] == np.arange(size)[:, None]).astype(F32)
-    np.testing.assert_array_equal(cols, want)
-    np.testing.assert_array_equal(c.it.rows(range(len(picked))).reshape(len(picked), size), want.T)
+    assert got.ravel().tolist() == stored
+    # A_x is the selection of the picked pixels (one per output), A_x^T the scatter back
+    picked = stored if picked is None else picked
+    want = (np.asarray(picked)[None, :] == np.arange(size * size)[:, None]).astype(F32)
+    np.testing.assert_array_equal(c.it.columns(range(size * size)).reshape(want.shape), want)
+    np.testing.assert_array_equal(c.it.rows(range(len(picked))).reshape(want.T.shape), want.T)
 
 
 def test_globalmaxpool_and_reducemax_ties_pick_the_first_maximum():
