@@ -470,6 +470,10 @@ SPECS: list[Spec] = [
       ["y = MaxPool <kernel_shape=[2,3,2], strides=[2,2,2], pads=[1,0,1,0,1,1]> (x)"],
       {"x": (1, 2, 3, 5, 4)}, pwl=True,
       ref=pool_ref("y", "x", kernel=[2, 3, 2], strides=[2, 2, 2], pads=[1, 0, 1, 0, 1, 1])),
+    S("MaxPool_tiles_cropped", ["y = MaxPool <kernel_shape=[2,2], strides=[2,2]> (x)"],
+      {"x": (2, 3, 5, 7)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[2, 2])),
+    S("MaxPool_tiles_3x3", ["r = Relu(x)", "y = MaxPool <kernel_shape=[3,3], strides=[3,3]> (r)"],
+      {"x": (1, 2, 9, 6)}, pwl=True, ref=pool_ref("y", "r", kernel=[3, 3], strides=[3, 3])),
     S("MaxPool_floor_mode_unused_tail", ["y = MaxPool <kernel_shape=[2,2], strides=[3,3]> (x)"],
       {"x": (1, 2, 7, 8)}, pwl=True, ref=pool_ref("y", "x", kernel=[2, 2], strides=[3, 3])),
     S("MaxPool_opset10_indices",
@@ -951,8 +955,9 @@ def test_clip_at_exact_bounds_is_saturated():
     [  # stride 1 stores ONNX Runtime's flat indices, stride 2 the window offsets (C order)
         ([1, 1], [1, 1, 0, 0], 3, "argmax", [0, 0, 1, 0, 0, 1, 3, 3, 4], None),  # picked = stored
         ([2, 2], [1] * 4, 4, "window", [3, 2, 2, 1, 0, 0, 1, 0, 0], [0, 1, 3, 4, 5, 7, 12, 13, 15]),
+        ([2, 2], [0] * 4, 4, "window", [0, 0, 0, 0], [0, 2, 8, 10]),  # tiles: SpaceToDepth
     ],
-    ids=["stride1_flat_index", "stride2_window_offset"],
+    ids=["stride1_flat_index", "stride2_window_offset", "tiles_window_offset"],
 )
 def test_maxpool_ties_pick_the_first_maximum(strides, pads, size, label, stored, picked):
     # 2x2 windows on a constant image: every window keeps its first element inside the image

@@ -131,17 +131,52 @@ class MaxPool(Selection):
                 edited.output.append(m.b.fresh("argmax"))
             m.add("argmax", edited.output[1])
             return
+        count, dtype, b = int(np.prod(attr(node, "kernel_shape"))), m.dtype(node.input[0]), m.b
+        windows, pooled, inside = self.window_values(node, m)
+        hit = b.op("Equal", [windows, pooled], "hit")
+        # a match at offset k scores K - k (0 in the padding, which must not match a pooled 0),
+        # so the best score m is K - (first match), or 0 where nothing matched (a window of NaNs):
+        # min(K - m, K m) is the first match, or 0, and no match comes before the first offset
+        # inside the input, which max() puts in place of that 0
+        rank = (count - np.arange(count)).reshape(1, -1, *[1] * (inside.ndim - 2)) * inside
+        score = b.op("Cast", [hit], "score", to=_onnx_type(dtype))
+        score = b.op("Mul", [score, b.const(rank.astype(dtype), hint="rank")], "score")
+        best = b.reduce("ReduceMax", score, [1], False, "best")
+        k = b.const(np.asarray(count, dtype))
+        winner = b.op(
+            "Min", [b.op("Sub", [k, best], "first_match"), b.op("Mul", [best, k])], "first_match"
+        )
+        first = self.first_inside(node, m.model)
+        if first.any():
+            winner = b.op("Max", [winner, b.const(first[None].astype(dtype), hint="first")])
+        winner = b.op("Cast", [winner], "winner", to=self.offset_type(node))
+        m.add("window", b.reshape(winner, list(m.shape(node.output[0])), "window"))
+
+    def window_values(self, node, m) -> tuple[str, str, np.ndarray]:
+        """(windows, pooled, inside): every window's elements along axis 1 in kernel order, the
+        pooled value shaped to broadcast against them, and (broadcastable, K on axis 1) which
+        of them lie inside the input. Exact copies either way."""
         in_shape, out_shape, kernel, strides, dilations, begin = self.windows(node, m.model)
         spatial, b, dtype = len(kernel), m.b, m.dtype(node.input[0])
-        count = int(np.prod(kernel))
-        planes = in_shape[0] * in_shape[1]
+        count, (n, c) = int(np.prod(kernel)), in_shape[:2]
         # end padding that gives at least the pool's output size (ceil_mode included); the
         # surplus of a floor-mode pool is cropped
         extent = [(kernel[a] - 1) * dilations[a] + 1 for a in range(spatial)]
         reach = [(out_shape[a + 2] - 1) * strides[a] + extent[a] for a in range(spatial)]
         end = [max(0, reach[a] - in_shape[a + 2] - begin[a]) for a in range(spatial)]
+        tiles = spatial == 2 and len({*kernel, *strides}) == 1 and dilations == [1, 1]
+        if tiles and not any(begin) and not any(end):
+            # square windows that tile the input: SpaceToDepth moves offset (i, j) of every
+            # window to channel block i * k + j
+            x = node.input[0]
+            if reach != list(in_shape[2:]):  # rows and columns no window reads
+                x = b.slice(x, [0, 0], reach, [2, 3])
+            blocks = b.op("SpaceToDepth", [x], "blocks", blocksize=kernel[0])
+            windows = b.reshape(blocks, [n, count, c, *out_shape[2:]], "windows")
+            pooled = b.reshape(node.output[0], [n, 1, c, *out_shape[2:]], "pooled")
+            return windows, pooled, np.ones((1, count, 1, 1, 1), bool)
         one_hot = np.eye(count, dtype=dtype).reshape(count, 1, *kernel)
-        x = b.reshape(node.input[0], [planes, 1, *in_shape[2:]], "planes")
+        x = b.reshape(node.input[0], [n * c, 1, *in_shape[2:]], "planes")
         windows = b.op(
             "Conv",
             [x, b.const(one_hot, hint="one_hot")],
@@ -157,24 +192,8 @@ class MaxPool(Selection):
         ]
         if full != list(out_shape[2:]):
             windows = b.slice(windows, [0] * spatial, out_shape[2:], list(range(2, spatial + 2)))
-        pooled = b.reshape(node.output[0], [planes, 1, *out_shape[2:]], "pooled")
-        hit = b.op("Equal", [windows, pooled], "hit")
-        # a match at offset k scores K - k (0 in the padding, which must not match a pooled 0),
-        # so the best score m is K - (first match), or 0 where nothing matched (a window of NaNs):
-        # min(K - m, K m) is the first match, or 0, and no match comes before the first offset
-        # inside the input, which max() puts in place of that 0
-        rank = (count - np.arange(count)).reshape(-1, *[1] * spatial) * self.inside(node, m.model)
-        score = b.op("Cast", [hit], "score", to=_onnx_type(dtype))
-        score = b.op("Mul", [score, b.const(rank[None].astype(dtype), hint="rank")], "score")
-        best = b.reduce("ReduceMax", score, [1], False, "best")
-        k = b.const(np.asarray(count, dtype))
-        winner = b.op(
-            "Min", [b.op("Sub", [k, best], "first_match"), b.op("Mul", [best, k])], "first_match"
-        )
-        first = self.first_inside(node, m.model)[None].astype(dtype)
-        winner = b.op("Max", [winner, b.const(first, hint="first_inside")], "winner")
-        winner = b.op("Cast", [winner], "winner", to=self.offset_type(node))
-        m.add("window", b.reshape(winner, list(out_shape), "window"))
+        pooled = b.reshape(node.output[0], [n * c, 1, *out_shape[2:]], "pooled")
+        return windows, pooled, self.inside(node, m.model)[None]
 
     def selected(self, node, c) -> str:
         if not self.by_offset(node, c.model):
