@@ -1,7 +1,7 @@
 """Pooling and reductions. Averages and sums are linear; maxima are selections: each output
 copies one input element, and the linear and adjoint graphs gather (scatter) through its flat
-index into the N*C*H*W input. A MaxPool's mask stores the winning offset in the window (one byte);
-reductions store the flat index itself."""
+index into the N*C*H*W input. A strided float32 MaxPool's mask stores the winning offset in the
+window (one byte), other MaxPools and the reductions the flat index itself (int64)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from onnx import TensorProto, helper
 from .. import separable
 from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
 from .conv import conv_geometry
-from .units import _onnx_type
 
 
 def reduce_axes(node, c_or_model, rank: int) -> list[int] | None:
@@ -139,7 +138,7 @@ class MaxPool(Selection):
         # min(K - m, K m) is the first match, or 0, and no match comes before the first offset
         # inside the input, which max() puts in place of that 0
         rank = (count - np.arange(count)).reshape(1, -1, *[1] * (inside.ndim - 2)) * inside
-        score = b.op("Cast", [hit], "score", to=_onnx_type(dtype))
+        score = b.op("Cast", [hit], "score", to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
         score = b.op("Mul", [score, b.const(rank.astype(dtype), hint="rank")], "score")
         best = b.reduce("ReduceMax", score, [1], False, "best")
         k = b.const(np.asarray(count, dtype))
@@ -214,7 +213,7 @@ class MaxPool(Selection):
         )
         channel = np.arange(in_shape[0] * in_shape[1]) * int(np.prod(in_shape[2:]))
         channel = channel.reshape(*in_shape[:2], *[1] * spatial)
-        offset = b.op("Cast", [c.mask("window")], "offset", to=7)  # int64
+        offset = b.op("Cast", [c.mask("window")], "offset", to=TensorProto.INT64)
         index = b.op("Gather", [b.ints(shift, "shift"), offset], "shift", axis=0)
         index = b.op("Add", [index, b.const(origin[None, None].astype(np.int64), hint="origin")])
         return b.op("Add", [index, b.const(channel.astype(np.int64), hint="channel")], "selected")
