@@ -25,6 +25,7 @@ from .builder import GraphBuilder
 from .contexts import AdjointContext, LinearContext, MaskContext
 from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
 from .model import CONTROL_FLOW_OPS, AnalyzedModel, subgraph_reads
+from .peephole import fold_frozen_factors
 from .registry import Plan, rule_for
 
 PROBE = "probe"
@@ -320,8 +321,11 @@ class Rewrite:
         inputs = [] if affine else [_vi(PROBE, x_dtype, ["K", *x_shape])]
         for lin_name, source in c.imports.items():
             inputs.append(_vi(lin_name, self._mask_dtype(source), self._mask_shape(source)))
+        nodes = b.nodes
+        if not affine:
+            nodes = fold_frozen_factors(nodes, [PROBE], m.outputs, b.fresh)
         graph = helper.make_graph(
-            b.nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
+            nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
         )
         return _model_like(m.model, graph, "bias" if affine else "linear"), dict(c.imports)
 
@@ -408,7 +412,7 @@ class Rewrite:
         for name, source in a.imports.items():
             inputs.append(_vi(name, self._mask_dtype(source), self._mask_shape(source)))
         graph = helper.make_graph(
-            b.nodes,
+            fold_frozen_factors(b.nodes, probes.values(), [out], b.fresh),
             "adjoint",
             inputs,
             [_vi(out, x_dtype, ["K", *x_shape])],

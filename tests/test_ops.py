@@ -1081,6 +1081,33 @@ def _refused(model, shapes) -> onnxscope.UnsupportedModelError:
     return info.value
 
 
+def test_consecutive_frozen_factors_multiply_the_probes_once():
+    # a squeeze-and-excitation block: Relu's mask, then the frozen gate; the linear and adjoint
+    # graphs multiply the probes once by their product, and stay exact
+    model = make_model(
+        [
+            "u = Conv (x, W)",
+            "r = Relu(u)",
+            "p = GlobalAveragePool(r)",
+            "s = Sigmoid(p)",
+            "y = Mul(r, s)",
+        ],
+        {"x": (1, 2, 5, 5)},
+        inits={"W": w(4, 2, 3, 3)},
+    )
+    c = check_model(
+        model, {"x": np.random.default_rng(5).standard_normal((1, 2, 5, 5)).astype(F32)}
+    )
+    for graph in (c.artifacts.linear, c.artifacts.adjoint):
+        probes = {i.name for i in graph.graph.input if "probe" in i.name}
+        dependent, probe_muls = set(probes), 0
+        for n in graph.graph.node:
+            if any(i in dependent for i in n.input):
+                dependent.update(n.output)
+                probe_muls += n.op_type == "Mul"
+        assert probe_muls == 1, f"{graph.graph.name}: {probe_muls} multiplications of the probes"
+
+
 @pytest.mark.parametrize(
     "op, w_shape, img_shape",
     [("Conv", (2, 1, 2, 2), (1, 1, 4, 4)), ("ConvTranspose", (1, 2, 2, 2), (1, 1, 3, 3))],
