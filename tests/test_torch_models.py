@@ -363,17 +363,7 @@ def test_registry_covers_the_brief():
 def test_piecewise_models_have_no_smooth_units(name):
     """Guard the choice of Jacobian models: only piecewise-linear units in them."""
     module, _ = tm.build(name)
-    smooth = (
-        torch.nn.Tanh,
-        torch.nn.Sigmoid,
-        torch.nn.GELU,
-        torch.nn.SiLU,
-        torch.nn.Hardswish,
-        torch.nn.Hardsigmoid,
-        torch.nn.InstanceNorm2d,
-        torch.nn.LayerNorm,
-    )
-    assert not [m for m in module.modules() if isinstance(m, smooth)]
+    assert not [m for m in module.modules() if isinstance(m, tm.SMOOTH_MODULES)]
 
 
 @pytest.mark.parametrize("name", PIECEWISE)

@@ -258,29 +258,10 @@ def test_zoo_covers_the_brief():
     assert not classes & {ctor for ctor, _, _ in tm.ARCHITECTURES.values()}
 
 
-_SMOOTH = (
-    torch.nn.Tanh,
-    torch.nn.Sigmoid,
-    torch.nn.GELU,
-    torch.nn.SiLU,
-    torch.nn.Hardswish,
-    torch.nn.Hardsigmoid,
-    torch.nn.ELU,
-    torch.nn.SELU,
-    torch.nn.Softplus,
-    torch.nn.Mish,
-    torch.nn.InstanceNorm2d,
-    torch.nn.LayerNorm,
-    torch.nn.GroupNorm,
-    torch.nn.Softmax,
-    torch.nn.MultiheadAttention,
-)
-
-
 @pytest.mark.parametrize("name", PIECEWISE)
 def test_piecewise_models_have_no_smooth_units(name):
     module, _, _ = zoo.build(name)
-    assert not [m for m in module.modules() if isinstance(m, _SMOOTH)]
+    assert not [m for m in module.modules() if isinstance(m, tm.SMOOTH_MODULES)]
 
 
 @pytest.mark.parametrize("name", [n for n in PIECEWISE if n in REFERENCE])

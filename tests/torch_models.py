@@ -17,6 +17,26 @@ from torch import nn
 
 SEED = 1234
 
+# Module types that are not piecewise linear: a model meant to have A_x = its Jacobian (the
+# PIECEWISE lists of the model suites) must contain none of them.
+SMOOTH_MODULES = (
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.ELU,
+    nn.SELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.InstanceNorm2d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Softmax,
+    nn.MultiheadAttention,
+)
+
 
 # -- initialization --------------------------------------------------------------------------------
 def init_weights(module: nn.Module, seed: int = SEED) -> nn.Module:
