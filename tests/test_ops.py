@@ -92,9 +92,9 @@ def d(v):
 # -- naive numpy references for the masks ------------------------------------------------------
 
 try:  # below |u| < eps a secant unit's gain is its limit at 0
-    from onnxscope.rules.units import SECANT_EPS
+    from onnxscope.rules.units import SATURATION, SECANT_EPS
 except ImportError:  # pragma: no cover
-    SECANT_EPS = 1e-4
+    SECANT_EPS, SATURATION = 1e-4, 16
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -113,8 +113,21 @@ def secant(fn, f0, d0_left, d0_right=None):
 
 
 def gain_ref(unit, u, fn, f0, d0_left, d0_right=None):
+    """The secant gain; for f(0) != 0 also the intercept, and where the output is below
+    |f(0)| / SATURATION the unit frozen whole (gain 0, intercept the output)."""
     g = secant(fn, f0, d0_left, d0_right)
-    return lambda e: {(unit, "gain"): g(e[u])}
+    if not f0:
+        return lambda e: {(unit, "gain"): g(e[u])}
+
+    def ref(e):
+        y = fn(np.asarray(e[u], np.float64))
+        low = np.abs(y) < abs(f0) / SATURATION
+        return {
+            (unit, "gain"): np.where(low, 0.0, g(e[u])),
+            (unit, "intercept"): np.where(low, y, f0),
+        }
+
+    return ref
 
 
 def piece_ref(unit, fn):
@@ -211,15 +224,35 @@ def inv_sigma_ref(unit, u, group_shape, axes, eps):
     return ref
 
 
+def softmax_view(e, unit, u, axes):
+    """(v = u - max, the one-hot of the first maximum, S = sum exp(v)) over `axes`, float64."""
+    uu = e[u].astype(np.float64)
+    moved = np.moveaxis(uu, axes, range(-len(axes), 0))
+    flat = moved.reshape(*moved.shape[: -len(axes)], -1)
+    first = np.zeros(flat.shape, bool)
+    np.put_along_axis(first, flat.argmax(-1)[..., None], True, -1)
+    first = np.moveaxis(first.reshape(moved.shape), range(-len(axes), 0), axes)
+    v = uu - uu.max(axis=tuple(axes), keepdims=True)
+    return v, first, np.exp(v).sum(axis=tuple(axes), keepdims=True)
+
+
 def softmax_ref(unit, u, axes):
+    # centred on the first maximum: y = g * v + 1/S with g = (y - 1/S) / v, limit 1/S at v = 0
     def ref(e):
-        uu = e[u].astype(np.float64)
-        top = uu.max(axis=tuple(axes), keepdims=True)
-        inv_s = 1.0 / np.exp(top) / np.exp(uu - top).sum(axis=tuple(axes), keepdims=True)
+        v, first, total = softmax_view(e, unit, u, axes)
         y = e[unit].astype(np.float64)
         with np.errstate(all="ignore"):
-            g = np.where(np.abs(uu) < SECANT_EPS, inv_s, (y - inv_s) / uu)
-        return {(unit, "gain"): g, (unit, "intercept"): inv_s}
+            g = np.where(np.abs(v) < SECANT_EPS, 1 / total, (y - 1 / total) / v)
+        return {(unit, "gain"): g, (unit, "intercept"): 1 / total, (unit, "reference"): first}
+
+    return ref
+
+
+def logsoftmax_ref(unit, u, axes):
+    # centred on the first maximum: y = v - log S
+    def ref(e):
+        v, first, total = softmax_view(e, unit, u, axes)
+        return {(unit, "intercept"): -np.log(total), (unit, "reference"): first}
 
     return ref
 
@@ -445,10 +478,9 @@ SPECS: list[Spec] = [
     S("Softmax_opset13_default_axis", ["u = Mul(x, two)", "y = Softmax(u)"], {"x": (2, 3, 4)},
       {"two": f(2.0)}, opset=13, ref=softmax_ref("y", "u", [2])),
     S("LogSoftmax_opset13", ["y = LogSoftmax(x)"], {"x": (2, 5)}, opset=13,
-      ref=lambda e: {("y", "intercept"): e["y"].astype(np.float64) - e["x"]}),
+      ref=logsoftmax_ref("y", "x", [1])),
     S("LogSoftmax_opset11_axis1", ["t = Tanh(x)", "y = LogSoftmax <axis=1> (t)"],
-      {"x": (2, 3, 4)}, opset=11,
-      ref=lambda e: {("y", "intercept"): e["y"].astype(np.float64) - e["t"]}),
+      {"x": (2, 3, 4)}, opset=11, ref=logsoftmax_ref("y", "t", [1, 2])),
     # --- pooling ---
     S("MaxPool_overlapping", ["y = MaxPool <kernel_shape=[3,3], strides=[1,1]> (x)"],
       {"x": (1, 2, 5, 6)}, pwl=True, ref=pool_ref("y", "x", flat=True, kernel=[3, 3])),

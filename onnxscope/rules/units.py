@@ -4,6 +4,8 @@
   (bool for two pieces, uint8 for three); g and b are that piece's slope and intercept, so for
   these units A_x is the Jacobian.
 - Smooth units store the secant gain g = (f(u0) - f(0)) / u0 (limit f'(0) near 0); b = f(0).
+  Where f(0) != 0 and the output is far below f(0) (a saturated Sigmoid, Exp of a very negative
+  u) the unit is frozen whole instead (g = 0, b = f(u0)): see SecantUnit.masks.
 - Selections (Max/Min between tensors) store which operand won.
 """
 
@@ -17,6 +19,8 @@ from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
 
 # For f(0) != 0, |u| below this uses the limit f'(0) (relative gain error ~ |f''/f'| * eps / 2)
 SECANT_EPS = 1e-7
+# A smooth unit with f(0) != 0 is frozen whole where its output is this many times below f(0)
+SATURATION = 16
 
 
 def _const(c, value, i=0):
@@ -241,7 +245,10 @@ class SecantUnit(Rule):
     def plan(self, node, lin, model) -> Plan:
         if any(lin[1:]):
             raise Unsupported("only the first input may depend on the interpreted input")
-        return Plan((0,), (0,), f"secant gain ({self.describe_gain(node)})")
+        frozen = f"secant gain ({self.describe_gain(node)})"
+        if self.f0(node):
+            frozen += ", intercept (float: f(0), or the output where saturated)"
+        return Plan((0,), (0,), frozen)
 
     def describe_gain(self, node) -> str:
         return "float"
@@ -258,7 +265,18 @@ class SecantUnit(Rule):
         return m.b.op("Sub", [y, m.b.const(np.asarray(f0, m.dtype(u)))], "rise") if f0 else y
 
     def masks(self, node, m) -> None:
-        m.add("gain", self.secant_gain(node, m))
+        gain, f0 = self.secant_gain(node, m), self.f0(node)
+        if f0:
+            # Where |f(u0)| < |f(0)| / SATURATION the secant would write the output as
+            # (f(u0) - f(0)) + f(0), two terms up to 2 * SATURATION times larger than their sum
+            # (a saturated Sigmoid: -1/2 + 1/2 for 1e-9), and float32 would lose its digits.
+            # There the unit is frozen whole: gain 0, its output to the intercept.
+            y = node.output[0]
+            k = lambda v: m.b.const(np.asarray(v, m.dtype(y)))  # noqa: E731
+            low = m.b.op("Less", [m.b.op("Abs", [y]), k(abs(f0) / SATURATION)], "saturated")
+            gain = m.b.op("Where", [low, k(0), gain], "gain")
+            m.add("intercept", m.b.op("Where", [low, y, k(f0)], "intercept"))
+        m.add("gain", gain)
 
     def secant_gain(self, node, m) -> str:
         """(f(u) - f(0)) / u from the unit's own output, with the limit f'(0) near u = 0."""
@@ -274,7 +292,7 @@ class SecantUnit(Rule):
     def linear(self, node, c) -> None:
         y = c.b.op("Mul", [c.lin(0), c.mask("gain")], "y")
         if c.affine and self.f0(node):
-            y = c.b.op("Add", [y, _const(c, self.f0(node))], "y_affine")
+            y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
         c.set_out(y)
 
     def adjoint(self, node, a) -> None:
@@ -290,9 +308,10 @@ def _secant(op: str, f0, d0, rise=None):
     register(op)(type(op, (SecantUnit,), body))
 
 
-def _in_double(m, u: str, build) -> str:
-    """Evaluate build(b, u64) in float64 and cast back: no cancellation in exp(u) - 1."""
-    to = _onnx_type(m.dtype(u))
+def _in_double(m, u: str, build, dtype=None) -> str:
+    """Evaluate build(b, u64) in float64 and cast back to u's dtype (given where u is a tensor
+    of the rule's own): no cancellation in exp(u) - 1."""
+    to = _onnx_type(dtype or m.dtype(u))
     u64 = m.b.op("Cast", [u], "u64", to=11)
     return m.b.op("Cast", [build(m.b, u64)], "rise", to=to)
 
@@ -393,7 +412,7 @@ class Pow(PowerUnit):
         )
 
 
-# --- softmax: exp with its normalizer frozen ------------------------------------------------
+# --- softmax and log-softmax: centred on their frozen maximum -------------------------------
 
 
 def softmax_axes(node, rank: int, opset: int) -> list[int]:
@@ -402,72 +421,118 @@ def softmax_axes(node, rank: int, opset: int) -> list[int]:
     return [normalize_axis(attr(node, "axis", -1), rank)]
 
 
-def _log_sum_exp(m, u: str, axes: list[int]) -> str:
-    """Stable LSE over axes, kept dims: max + log(sum(exp(u - max)))."""
-    top = m.b.reduce("ReduceMax", u, axes, True, "max")
-    total = m.b.reduce("ReduceSum", m.b.op("Exp", [m.b.op("Sub", [u, top])]), axes, True, "sum")
-    return m.b.op("Add", [top, m.b.op("Log", [total])], "lse")
+class CentredSoftmax(Rule):
+    """Softmax and LogSoftmax, written around the element k that was largest at x (ties: the
+    first). Both are shift-invariant, and so is this form: with v = u - u_k (a selection, so
+    linear in u) softmax(u) = exp(v) / S and log softmax(u) = v - log S, S = sum exp(v) frozen.
+    Since v <= 0 and S >= 1, every term is bounded by the output itself: no exp(-LSE) intercept
+    of 1e8 cancelling against A_x x for logits near -20, and a -inf logit (a masked attention
+    score) has v = -inf, exp(v) = 0 and gain 0.
 
+    Tensors are viewed as [pre, n, post] with the softmax axes (contiguous) in the middle; the
+    masks keep that view: "reference" (bool, the one-hot of k) and the rule's own values.
+    """
 
-@register("Softmax")
-class Softmax(Rule):
-    # softmax(u) = exp(u) / S with S frozen: exp(u) = g*u + 1, so y = (g/S)*u + 1/S.
-    # 1/S = exp(-LSE(u)); the gain mask holds g/S = (y - 1/S)/u (limit 1/S at u = 0).
     kind = "unit"
 
     def plan(self, node, lin, model) -> Plan:
-        return Plan((0,), (0,), "secant gain (float) and intercept exp(-LSE) (float)")
+        return Plan((0,), (0,), self.frozen)
+
+    def view(self, node, model) -> tuple[int, int, int]:
+        shape = model.shape(node.input[0])
+        axes = softmax_axes(node, len(shape), model.opset)
+        size = lambda dims: int(np.prod(dims, dtype=np.int64))  # noqa: E731
+        return (
+            size(shape[: axes[0]]),
+            size(shape[axes[0] : axes[-1] + 1]),
+            size(shape[axes[-1] + 1 :]),
+        )
 
     def masks(self, node, m) -> None:
-        u = node.input[0]
-        axes = softmax_axes(node, len(m.shape(u)), m.model.opset)
-        inv_s = m.b.op("Exp", [m.b.op("Neg", [_log_sum_exp(m, u, axes)])], "intercept")
-        # g/S = (exp(u) - 1)/(u S): near 0, exp(u) - 1 in float64 (no cancellation); elsewhere
-        # (y - 1/S)/u, which cannot overflow however large u is
-        k = lambda v: m.b.const(np.asarray(v, m.dtype(u)))  # noqa: E731
-        small = m.b.op("Div", [_in_double(m, u, _expm1), u], "secant_small")
-        small = m.b.op(
-            "Mul",
-            [
-                m.b.op("Where", [m.b.op("Less", [m.b.op("Abs", [u]), k(SECANT_EPS)]), k(1), small]),
-                inv_s,
-            ],
-            "gain_small",
-        )
-        large = m.b.op("Div", [m.b.op("Sub", [node.output[0], inv_s]), u], "gain_large")
-        near = m.b.op("Less", [m.b.op("Abs", [u]), k(1.0)], "near_zero")
+        pre, n, post = self.view(node, m.model)
+        u = m.b.reshape(node.input[0], [pre, n, post], "u3")
+        first = m.b.op("ArgMax", [u], "argmax", axis=1, keepdims=1)  # ties: the first maximum
+        index = m.b.const(np.arange(n, dtype=np.int64).reshape(1, n, 1), hint="index")
+        m.add("reference", m.b.op("Equal", [index, first], "reference"))
+        v = m.b.op("Sub", [u, m.b.reduce("ReduceMax", u, [1], True, "max")], "v")
+        self.frozen_values(node, m, v, m.b.reshape(node.output[0], [pre, n, post], "y3"))
+
+    def frozen_values(self, node, m, v: str, y: str) -> None:
+        raise NotImplementedError
+
+    def centred(self, c) -> str:
+        """The twin of v = u - u_k, [K, pre, n, post]: Where rather than a product with the
+        one-hot, so that a -inf in the affine twin stays out of the sum."""
+        pre, n, post = self.view(c.node, c.model)
+        z = c.b.reshape(c.lin(0), [-1, pre, n, post], "z3")
+        picked = c.b.op("Where", [c.mask("reference"), z, c.const(0)], "at_reference")
+        return c.b.op("Sub", [z, c.b.reduce("ReduceSum", picked, [2], True, "z_ref")], "v")
+
+    def adjoint_centred(self, a, h: str) -> None:
+        """Add the adjoint of v = u - u_k applied to h ([K, pre, n, post]): h - e_k sum(h)."""
+        total = a.b.reduce("ReduceSum", h, [2], True, "total")
+        at_k = a.b.op("Where", [a.mask("reference"), total, a.const(0)], "at_reference")
+        g = a.b.op("Sub", [h, at_k], "g")
+        a.add_grad(0, a.b.reshape(g, [-1, *a.in_shape(0)], "g"))
+
+    def grad3(self, a) -> str:
+        pre, n, post = self.view(a.node, a.model)
+        return a.b.reshape(a.grad(), [-1, pre, n, post], "g3")
+
+
+@register("Softmax")
+class Softmax(CentredSoftmax):
+    # softmax(u) = exp(v)/S with S frozen and exp(v) = g*v + 1 (secant): y = (g/S)*v + 1/S.
+    # The gain mask holds g/S = (exp(v) - 1)/(v S), limit 1/S at v = 0; the intercept is 1/S.
+    frozen = "first maximum (bool), secant gain (float), intercept 1/S (float)"
+
+    def frozen_values(self, node, m, v, y) -> None:
+        dtype = m.dtype(node.input[0])
+        k = lambda value: m.b.const(np.asarray(value, dtype))  # noqa: E731
+        total = m.b.reduce("ReduceSum", m.b.op("Exp", [v]), [1], True, "sum")
+        inv_s = m.b.op("Reciprocal", [total], "intercept")
+        # near v = 0: expm1(v)/v in float64 (y - 1/S would cancel); elsewhere (y - 1/S)/v from
+        # the runtime's own y, so that g*v + 1/S reproduces it (0 at v = -inf)
+        small = m.b.op("Div", [_in_double(m, v, _expm1, dtype), v], "secant_small")
+        near_0 = m.b.op("Less", [m.b.op("Abs", [v]), k(SECANT_EPS)], "at_zero")
+        small = m.b.op("Mul", [m.b.op("Where", [near_0, k(1), small]), inv_s], "gain_small")
+        large = m.b.op("Div", [m.b.op("Sub", [y, inv_s]), v], "gain_large")
+        near = m.b.op("Less", [m.b.op("Abs", [v]), k(1.0)], "near_zero")
         m.add("gain", m.b.op("Where", [near, small, large], "gain"))
         m.add("intercept", inv_s)
 
     def linear(self, node, c) -> None:
-        y = c.b.op("Mul", [c.lin(0), c.mask("gain")], "y")
+        gain = c.mask("gain")
+        y = c.b.op("Mul", [self.centred(c), gain], "y")
         if c.affine:
             y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
-        c.set_out(y)
+            # a -inf score (masked attention) has gain 0 and output 0: g*v -> -1/S as v -> -inf,
+            # so its intercept is 0 too (and 0 * -inf is no number at all)
+            dead = c.b.op("Equal", [gain, c.const(0)], "dead")
+            y = c.b.op("Where", [dead, c.const(0), y], "y_finite")
+        c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
 
     def adjoint(self, node, a) -> None:
-        a.add_grad(0, a.b.op("Mul", [a.grad(), a.mask("gain")], "g"))
+        self.adjoint_centred(a, a.b.op("Mul", [self.grad3(a), a.mask("gain")], "h"))
 
 
 @register("LogSoftmax")
-class LogSoftmax(Rule):
-    # log softmax(u) = u - LSE(u), LSE frozen: gain 1, intercept y - u
-    kind = "unit"
+class LogSoftmax(CentredSoftmax):
+    # log softmax(u) = v - log S with S frozen: gain 1 on v, intercept -log S (in [-log n, 0])
+    frozen = "first maximum (bool), intercept -log S (float)"
 
-    def plan(self, node, lin, model) -> Plan:
-        return Plan((0,), (0,), "intercept -LSE (float)")
-
-    def masks(self, node, m) -> None:
-        m.add("intercept", m.b.op("Sub", [node.output[0], node.input[0]], "intercept"))
+    def frozen_values(self, node, m, v, y) -> None:
+        total = m.b.reduce("ReduceSum", m.b.op("Exp", [v]), [1], True, "sum")
+        m.add("intercept", m.b.op("Neg", [m.b.op("Log", [total])], "intercept"))
 
     def linear(self, node, c) -> None:
-        y = c.lin(0)
+        y = self.centred(c)
         if c.affine:
             y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
-        c.set_out(y)
+        c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
 
     def adjoint(self, node, a) -> None:
-        a.add_grad(0, a.grad())
+        self.adjoint_centred(a, self.grad3(a))
 
 
 # --- selections between operands -------------------------------------------------------------
