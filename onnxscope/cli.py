@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -19,14 +18,46 @@ from .errors import InputError, OnnxscopeError
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
 
 
+MAX_ELEMENTS = 2**31 - 1  # bound on each size and on the element count of an --input-shape
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in onnxscope's one-paragraph form (exit status 2)."""
+
+    def error(self, message):
+        self.exit(
+            EXIT_ERROR, f"onnxscope: error: {message} (`{self.prog} --help` lists the options).\n"
+        )
+
+
 def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
     name, sep, dims = text.rpartition("=")
     try:
         if not sep or not name:
             raise ValueError
-        return name, tuple(int(d) for d in dims.lower().split("x"))
+        shape = tuple(int(d) for d in dims.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=1x3x224x224, got '{text}'") from None
+    if any(d < 1 for d in shape) or any(d > MAX_ELEMENTS for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"every size in '{text}' must be between 1 and {MAX_ELEMENTS}"
+        )
+    if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' has {int(np.prod(shape, dtype=object))} elements; onnxscope takes inputs "
+            f"of at most {MAX_ELEMENTS} elements"
+        )
+    return name, shape
+
+
+def _seed_arg(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"the seed must be 0 or more, got {seed}")
+    return seed
 
 
 def _input_arg(text: str) -> tuple[str, str]:
@@ -36,8 +67,11 @@ def _input_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
+NPY_HELP = "the .npy file to write [n, *x.shape] (.npy is appended if missing)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="onnxscope",
         description="Exact linear interpreters of ONNX models: F(x) = A_x x + c_x.",
     )
@@ -72,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("rewrite", help="write mask.onnx, linear.onnx, bias.onnx and a manifest")
     common(sp)
-    sp.add_argument("-o", "--output", required=True, help="output folder")
+    sp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder: created, or replaced atomically if it holds an earlier rewrite",
+    )
 
     def inputs(sp):
         sp.add_argument(
@@ -83,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="NAME=FILE.npy",
             help="an input value (random when not given)",
         )
-        sp.add_argument("--seed", type=int, default=0, help="seed of the random input")
+        sp.add_argument("--seed", type=_seed_arg, default=0, help="seed of the random input (0)")
 
     sp = sub.add_parser("verify", help="check reconstruction, linearity and the adjoint")
     common(sp)
@@ -102,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="flat output index (repeat for several)",
     )
     sp.add_argument("--output-name", help="which model output (default: the only one)")
-    sp.add_argument("-o", "--out", required=True, help="the .npy file to write [n, *x.shape]")
+    sp.add_argument("-o", "--out", required=True, help=NPY_HELP)
 
     sp = sub.add_parser("votes", help="write pixel-wise votes x ⊙ A_x^T e_k of classes")
     common(sp)
@@ -115,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="class (flat output index) to explain; default: the top class",
     )
     sp.add_argument("--output-name", help="which model output (default: the only one)")
-    sp.add_argument("-o", "--out", required=True, help="the .npy file to write [n, *x.shape]")
+    sp.add_argument("-o", "--out", required=True, help=NPY_HELP)
 
     from .report import add_parser as add_report_parser  # `report`: its options live in report.py
 
@@ -205,44 +244,55 @@ def _table(header, rows) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+REWRITE_FILES = {"mask.onnx", "linear.onnx", "bias.onnx", "adjoint.onnx", "scope.onnx"}
+
+
+def _legacy_rewrite(manifest: dict) -> set[str] | None:
+    """The files of a rewrite written before manifests listed them (onnxscope < issue 11)."""
+    if {"wrt", "input_shapes", "outputs", "units", "linear_inputs"} <= manifest.keys():
+        return REWRITE_FILES | {"manifest.json"}
+    return None
+
+
+REWRITE_SET = {"kind": "rewrite", "index": "manifest.json", "legacy": _legacy_rewrite}
+
+
 def cmd_rewrite(args) -> int:
+    from .outputs import check_folder, publish_folder
+
     scope = _scope(args)
-    shapes = dict(args.input_shape)
-    artifacts = scope.artifacts(shapes)
-    out = os.path.abspath(args.output)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"Output path '{out}' exists and is not a folder.")
-    os.makedirs(out, exist_ok=True)
+    sources = [("input model", args.model)]
+    check_folder(args.output, sources=sources, **REWRITE_SET)  # before the work, not only after
+    artifacts = scope.artifacts(dict(args.input_shape))
     files = artifacts.files()
-    model_path = os.path.abspath(args.model)
-    for name in files:
-        target = os.path.join(out, name)
-        if os.path.exists(target) and os.path.samefile(target, model_path):
-            raise InputError(
-                f"Writing '{target}' would overwrite the input model; choose another -o."
-            )
-    for name, data in files.items():
-        write_atomic(os.path.join(out, name), data)
+    out = publish_folder(args.output, files, sources=sources, **REWRITE_SET)
     units = artifacts.manifest["units"]
     print(f"Wrote {', '.join(files)} to {out} ({len(units)} frozen unit(s) and gate(s)).")
     return EXIT_OK
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it into place."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".onnxscope-", dir=folder)
+def _load_array(path: str, name: str) -> np.ndarray:
+    """An --input value from a .npy file, or an .npz archive holding exactly one array."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        value = np.load(path, allow_pickle=False)
+        if isinstance(value, np.lib.npyio.NpzFile):
+            with value:
+                names = list(value.files)
+                if len(names) != 1:
+                    raise InputError(
+                        f"'{path}' (for input '{name}') is an .npz archive with {len(names)} "
+                        f"arrays {names}; give a .npy file, or an .npz holding exactly one array."
+                    )
+                value = value[names[0]]
+        if not isinstance(value, np.ndarray):
+            raise ValueError("not an array")
+        return value
+    except InputError:
         raise
+    except Exception as exc:
+        raise InputError(
+            f"Could not read '{path}' for input '{name}' as .npy (or .npz with one array): {exc}"
+        ) from None
 
 
 def _interpret(args):
@@ -250,12 +300,7 @@ def _interpret(args):
     from .model import graph_inputs, input_spec, resolve_input_shapes
 
     scope = _scope(args)
-    given = {}
-    for name, path in args.input:
-        try:
-            given[name] = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise InputError(f"Could not read '{path}' for input '{name}' as .npy: {exc}") from None
+    given = {name: _load_array(path, name) for name, path in args.input}
     shapes = dict(args.input_shape)
     shapes.update({k: v.shape for k, v in given.items()})
     shapes = resolve_input_shapes(scope.model, shapes)
@@ -285,20 +330,29 @@ def cmd_verify(args) -> int:
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
+def _sources(args) -> list[tuple[str, str]]:
+    """The files a command reads, never to be written: the model and every --input file."""
+    return [("input model", args.model)] + [
+        (f"--input file of '{name}'", path) for name, path in getattr(args, "input", [])
+    ]
+
+
 def cmd_rows(args) -> int:
+    _out_file(args)  # before the work, not only after
     _, it = _interpret(args)
     rows = it.rows(args.index, args.output_name)
-    _save_npy(args.out, rows)
-    print(f"Wrote {len(rows)} row(s) {tuple(rows.shape[1:])} to {args.out}.")
+    out = _save_npy(args, rows)
+    print(f"Wrote {len(rows)} row(s) {tuple(rows.shape[1:])} to {out}.")
     return EXIT_OK
 
 
 def cmd_votes(args) -> int:
+    _out_file(args)  # before the work, not only after
     _, it = _interpret(args)
     name = args.output_name or it._single_name()
     classes = args.classes or [int(np.argmax(it.outputs[name]))]
     maps = np.stack([it.votes(k, name) for k in classes])
-    _save_npy(args.out, maps)
+    out = _save_npy(args, maps)
     rows = []
     for k in classes:
         p = it.bias_share(k, name)
@@ -306,16 +360,28 @@ def cmd_votes(args) -> int:
             (k, f"{p['output']:.6g}", f"{p['votes']:.6g}", f"{p['bias']:.6g}", f"{p['share']:.3f}")
         )
     _table(("class", "output", "sum of votes", "bias", "bias share"), rows)
-    print(f"Wrote {len(maps)} vote map(s) to {args.out}.")
+    print(f"Wrote {len(maps)} vote map(s) to {out}.")
     return EXIT_OK
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
+def _out_file(args) -> str:
+    """Check -o before the work: the path to write, with .npy appended as numpy would."""
+    from .outputs import check_file
+
+    return check_file(args.out, sources=_sources(args), suffix=".npy")
+
+
+def _save_npy(args, array: np.ndarray) -> str:
+    """Write the .npy atomically; the path written, as printed (with a note if .npy was added)."""
     import io
+
+    from .outputs import publish_file
 
     buffer = io.BytesIO()
     np.save(buffer, array)
-    write_atomic(os.path.abspath(path), buffer.getvalue())
+    publish_file(args.out, buffer.getvalue(), sources=_sources(args), suffix=".npy")
+    shown = args.out if args.out.endswith(".npy") else f"{args.out}.npy"
+    return shown if shown == f"{args.out}" else f"{shown} (.npy appended to -o, as numpy does)"
 
 
 def cmd_report(args) -> int:  # the `report` subcommand lives in report.py

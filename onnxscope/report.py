@@ -19,9 +19,7 @@ import base64
 import html
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +28,7 @@ from .errors import InputError
 from .images import display_image, load_image, parse_number, to_hwc
 
 TOLERANCE = 1e-5
-MARKER = "report.json"  # a folder holding this (or an empty one) may be replaced
+MARKER = "report.json"  # the report's index: lists its files (onnxscope.outputs)
 
 
 def write_report(
@@ -90,8 +88,8 @@ def write_report(
     from .scope import LinearScope
 
     figures.require_matplotlib()
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    _check_destination(out_dir, [model, image])
+    sources = _sources(model, image, other)
+    out_dir = _check_destination(out_dir, sources)
     bar = Progress(5, sys.stderr.isatty() if progress is None else progress)
     bar.step("rewriting the model")
     cut = []
@@ -146,7 +144,7 @@ def write_report(
     r.mask_section(scope.artifacts({k: v.shape for k, v in it.inputs.items()}), mask_layer)
     bar.step("writing")
     files = r.files(errors)
-    _publish(out_dir, files)
+    _publish(out_dir, files, sources)
     bar.done()
     return os.path.join(out_dir, "index.html")
 
@@ -580,47 +578,38 @@ def _other_inputs(given: dict, specs: dict, wrt: str) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _check_destination(out_dir: str, sources) -> None:
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise InputError(f"'{out_dir}' exists and is not a folder.")
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MARKER)):
-            raise InputError(
-                f"'{out_dir}' is not empty and holds no earlier report; "
-                "choose a new or empty folder."
-            )
-    for src in sources:
-        if isinstance(src, (str, os.PathLike)):
-            path = os.path.abspath(os.fspath(src))
-            if os.path.commonpath([path, out_dir]) == out_dir:
-                raise InputError(f"'{path}' is inside the output folder; choose another -o.")
+def _legacy_report(numbers: dict) -> set[str] | None:
+    """The files of a report written before report.json listed them (onnxscope < issue 11)."""
+    figures = numbers.get("figures")
+    if numbers.get("onnxscope_report") == 1 and isinstance(figures, list):
+        return {"index.html", MARKER, *(f for f in figures if isinstance(f, str))}
+    return None
 
 
-def _publish(out_dir: str, files: dict[str, bytes]) -> None:
-    """Write the files into a temporary folder beside out_dir, then swap it into place."""
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".onnxscope-report-", dir=parent)
-    old = None
-    try:
-        for name, data in files.items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".onnxscope-old-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "report"))
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old and not os.path.exists(out_dir):  # put the earlier report back
-            os.replace(os.path.join(old, "report"), out_dir)
-        raise
-    finally:
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+REPORT_SET = {"kind": "report", "index": MARKER, "legacy": _legacy_report}
+
+
+def _sources(model, image, other) -> list[tuple[str, object]]:
+    """The files the report reads, never to be written or deleted."""
+    found = [("input model", model), ("input image", image)]
+    for name, value in (other or {}).items():
+        if isinstance(value, (str, os.PathLike)) and os.fspath(value).lower().endswith(".npy"):
+            found.append((f"--other file of '{name}'", value))
+    return found
+
+
+def _check_destination(out_dir, sources) -> str:
+    """The absolute path of the report folder, once checked (onnxscope.outputs.check_folder)."""
+    from .outputs import check_folder
+
+    return check_folder(out_dir, sources=sources, **REPORT_SET)
+
+
+def _publish(out_dir: str, files: dict[str, bytes], sources=()) -> None:
+    """Publish the report's files as one set at out_dir (onnxscope.outputs.publish_folder)."""
+    from .outputs import publish_folder
+
+    publish_folder(out_dir, files, sources=sources, **REPORT_SET)
 
 
 # -- the `onnxscope report` subcommand (registered in cli.py) ------------------------------------
@@ -660,7 +649,12 @@ def add_parser(sub) -> None:
     )
     arg("model", help="path to the .onnx model (never modified)")
     arg("image", help="PNG/JPEG image, or .npy (the input itself, or an H×W×C image)")
-    arg("-o", "--output", required=True, help="output folder (replaced atomically)")
+    arg(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder: created, or replaced atomically if it holds an earlier report",
+    )
     arg("--wrt", help="the input to interpret (default: the first float input)")
     arg("--device", default="cpu", choices=["cpu", "cuda"])
     many("--output-name", "outputs", str, "NAME", "report on this output only (default: all)")
