@@ -81,7 +81,8 @@ class TwinContext:
     def value_of(self, name: str) -> str:
         """`name` as a value: an initializer if static, else imported from the mask graph."""
         if self.model.is_static(name):
-            if name in self.model.initializers:
+            # (a model output's name belongs to the twin's output: copy such an initializer)
+            if name in self.model.initializers and name not in self.model.outputs:
                 return self.b.add_initializer(self.model.initializers[name])
             if name not in self._imported:
                 self._imported[name] = self.b.const(self.model.static_value(name), hint=name)
@@ -94,6 +95,8 @@ class TwinContext:
     def _import(self, key: str, source: str) -> str:
         """A graph input fed by the mask-graph output `source` (same name when possible)."""
         if key not in self._imported:
+            # the twin's outputs and the interpreted input's name are its own (its probes have
+            # fresh names)
             reserved = source in self.model.outputs or source == self.rw.wrt
             name = self.b.fresh(source) if reserved else source
             self._imported[key] = name
@@ -140,13 +143,21 @@ class TwinContext:
             return x
         return self.b.reshape(x, [-1, *([1] * (rank - len(shape))), *shape])
 
-    def per_sample(self, x: str, in_shape, out_shape, op_type: str, rest=(), **attrs) -> str:
+    def per_sample(
+        self, x: str, in_shape, out_shape, op_type: str, rest=(), crop=False, **attrs
+    ) -> str:
         """Apply a batched op (Conv, pooling, Resize...) to [K, N, ...] by folding K into N.
 
         The node's attributes are copied; keyword attributes override them (None drops one).
+        `crop`: slice the op's spatial output to `out_shape`, a no-op at run time that makes ONNX's
+        shape inference (which ONNX Runtime applies when loading) agree with the runtime where it
+        overestimates the size (ceil-mode pools).
         """
         folded = self.b.reshape(x, [-1, *in_shape[1:]], "fold")
         y = self.b.op(op_type, [folded, *rest], op_type.lower(), attrs=self.node.attribute, **attrs)
+        if crop:
+            axes = list(range(2, len(out_shape)))
+            y = self.b.slice(y, [0] * len(axes), list(out_shape[2:]), axes)
         return self.b.reshape(y, [-1, *out_shape], "unfold")
 
 

@@ -149,7 +149,7 @@ class AnalyzedModel:
         self.input_shapes = dict(input_shapes)
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.inputs = [vi.name for vi in graph_inputs(model)]
-        self.outputs = [o.name for o in self.graph.output]
+        self.outputs = list(dict.fromkeys(o.name for o in self.graph.output))  # each once
         self.nodes = list(self.graph.node)
         self.producer = {o: n for n in self.nodes for o in n.output if o}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -160,6 +160,7 @@ class AnalyzedModel:
         self._check_order()
         self.runtime = self._runtime_tensors()
         self._values = dict(values or {})  # real input values for the analysis run, if known
+        self._feeds: dict[str, np.ndarray] | None = None
         self._facts: tuple[dict[str, TensorInfo], dict[str, np.ndarray]] | None = None
 
     @property
@@ -220,55 +221,31 @@ class AnalyzedModel:
         return runtime
 
     def _run_once(self) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
-        """Shapes, dtypes and constants from ONNX shape inference and one run on dummy data.
+        """Shapes, dtypes and constants from one ONNX Runtime run with every tensor exposed.
 
-        The run exposes every static tensor (their values are needed) and the runtime tensors
-        whose shape inference left open; the other runtime tensors stay internal, so the run
-        costs about one forward pass of memory, not the sum of all activations.
+        Nothing is taken from ONNX shape inference or from what the model declares: declared
+        value_info and output shapes can be stale (ONNX Runtime runs such a model with a
+        warning), and ONNX's inference disagrees with the runtime on some ops (a ceil-mode pool
+        whose last window would start in the padding: ONNX Runtime drops it, as the spec says).
+        Exposing every tensor holds the batch-1 activations at once: one probe's share of what a
+        run of the linear graph holds for each of its K probes.
         """
         from .runtime import ort, session_options
 
         fixed = onnx.ModelProto()
         fixed.CopyFrom(self.model)
-        for vi in fixed.graph.input:
+        graph = fixed.graph
+        for vi in graph.input:
             if vi.name in self.input_shapes:
                 dims = vi.type.tensor_type.shape.dim
                 for d, n in zip(dims, self.input_shapes[vi.name]):
                     d.Clear()
                     d.dim_value = n
-        try:
-            inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
-        except Exception:
-            inferred = fixed
-        typed = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
-        types, inferred_info = {}, {}
-        for vi in typed:
-            t = vi.type.tensor_type
-            if not (vi.type.HasField("tensor_type") and t.elem_type):
-                continue
-            types[vi.name] = t.elem_type
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-            if t.HasField("shape") and all(d >= 0 for d in dims):
-                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
-                inferred_info[vi.name] = TensorInfo(tuple(dims), dtype)
-        listed = {o.name for o in fixed.graph.output}
-        for n in self.nodes:
-            for o in n.output:
-                needed = o not in self.runtime or o not in inferred_info
-                if o and needed and o not in listed and o in types:
-                    fixed.graph.output.append(helper.make_tensor_value_info(o, types[o], None))
-                    listed.add(o)
-        feeds = {}
-        rng = np.random.default_rng(0)
-        for vi in graph_inputs(fixed):
-            _, dtype = input_spec(vi)
-            shape = self.input_shapes[vi.name]
-            if vi.name in self._values:
-                feeds[vi.name] = np.asarray(self._values[vi.name], dtype)
-            elif np.issubdtype(dtype, np.floating):
-                feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-            else:
-                feeds[vi.name] = np.zeros(shape, dtype)
+        # every tensor once, untyped (ONNX Runtime types outputs itself); no declared shapes
+        exposed = [*self.outputs, *(o for n in self.nodes for o in n.output if o)]
+        del graph.value_info[:], graph.output[:]
+        graph.output.extend(onnx.ValueInfoProto(name=o) for o in dict.fromkeys(exposed))
+        feeds = self.analysis_feeds()
         opts = session_options(optimize=False)
         try:
             sess = ort.InferenceSession(
@@ -281,9 +258,10 @@ class AnalyzedModel:
                 f"ONNX Runtime cannot run this model with input shapes {self.input_shapes}: "
                 f"{str(exc).splitlines()[0]}"
             ) from None
-        info, static = dict(inferred_info), {}
-        for name, value in zip(names, values):  # what ran overrides what was inferred
-            value = np.asarray(value)
+        info, static = {}, {}
+        for name, value in zip(names, values):
+            if not isinstance(value, np.ndarray):  # a sequence or map: no tensor facts
+                continue
             info[name] = TensorInfo(tuple(value.shape), value.dtype)
             if name not in self.runtime:
                 static[name] = value
@@ -294,6 +272,42 @@ class AnalyzedModel:
         for name in self.inputs:
             info[name] = TensorInfo(tuple(self.input_shapes[name]), feeds[name].dtype)
         return info, static
+
+    def analysis_feeds(self) -> dict[str, np.ndarray]:
+        """The inputs of the analysis run: the real values where given, else standard normal
+        floats (seed 0) and zeros; the same arrays on every call."""
+        if self._feeds is None:
+            feeds = {}
+            rng = np.random.default_rng(0)
+            for vi in graph_inputs(self.model):
+                _, dtype = input_spec(vi)
+                shape = self.input_shapes[vi.name]
+                if vi.name in self._values:
+                    feeds[vi.name] = np.asarray(self._values[vi.name], dtype)
+                elif np.issubdtype(dtype, np.floating):
+                    feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+                else:
+                    feeds[vi.name] = np.zeros(shape, dtype)
+            self._feeds = feeds
+        return self._feeds
+
+    def names(self) -> set[str]:
+        """Every name the model uses (see `graph_names`)."""
+        return graph_names(self.graph)
+
+
+def graph_names(graph: onnx.GraphProto) -> set[str]:
+    """Every name a graph uses: tensors, nodes, value_info, the graph's own, also in subgraphs."""
+    found = {graph.name, *(t.name for t in graph.initializer)}
+    found.update(t.values.name for t in graph.sparse_initializer)
+    found.update(vi.name for vi in [*graph.input, *graph.output, *graph.value_info])
+    for n in graph.node:
+        found.update([n.name, *n.input, *n.output])
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                found |= graph_names(sub)
+    found.discard("")
+    return found
 
 
 def subgraph_reads(node: onnx.NodeProto, names: set[str]) -> bool:

@@ -24,11 +24,12 @@ from . import rules  # noqa: F401  (registers every rule)
 from .builder import GraphBuilder
 from .contexts import AdjointContext, LinearContext, MaskContext
 from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
-from .model import CONTROL_FLOW_OPS, AnalyzedModel, subgraph_reads
+from .model import CONTROL_FLOW_OPS, AnalyzedModel, graph_names, subgraph_reads
 from .peephole import fold_frozen_factors
 from .registry import Plan, rule_for
 
 PROBE = "probe"
+SELECTOR = "selector"
 # The adjoint graph holds only nodes onnxscope makes, so it may use a newer opset than the
 # model: ScatterElements with reduction="add" (the adjoint of a selection) needs 16.
 ADJOINT_MIN_OPSET = 16
@@ -140,24 +141,51 @@ class Artifacts:
     adjoint_probes: dict[str, str] = field(default_factory=dict)  # model output -> graph input
     adjoint_error: str | None = None
     rewrite: Rewrite | None = field(default=None, repr=False)  # builds optional graphs later
+    probe: str = PROBE  # the linear graph's probe input (renamed when the model uses "probe")
+    selector: str = SELECTOR  # the bias-by-layer graph's selector input
+
+    def graphs(self) -> dict[str, onnx.ModelProto]:
+        """Every graph `files()` writes, by file name."""
+        graphs = {"mask.onnx": self.mask, "linear.onnx": self.linear, "bias.onnx": self.bias}
+        if self.adjoint is not None:
+            graphs["adjoint.onnx"] = self.adjoint
+        graphs["scope.onnx"] = self.scope()
+        return graphs
+
+    def validate(self, graphs: dict[str, onnx.ModelProto] | None = None) -> None:
+        """Check every graph (the ONNX checker, then an ONNX Runtime session); raise a ModelError
+        naming the first that fails."""
+        for name, model in (graphs or self.graphs()).items():
+            validate_graph(model, name)
 
     def files(self) -> dict[str, bytes]:
-        files = {
-            "mask.onnx": self.mask.SerializeToString(),
-            "linear.onnx": self.linear.SerializeToString(),
-            "bias.onnx": self.bias.SerializeToString(),
-        }
-        if self.adjoint is not None:
-            files["adjoint.onnx"] = self.adjoint.SerializeToString()
-        files["scope.onnx"] = self.scope().SerializeToString()
+        """The serialized graphs and manifest, each graph validated first: nothing is returned
+        (so nothing written) unless every one loads in ONNX Runtime."""
+        graphs = self.graphs()
+        self.validate(graphs)
+        files = {name: model.SerializeToString() for name, model in graphs.items()}
         files["manifest.json"] = json.dumps(self.manifest, indent=2).encode()
         return files
+
+    def scope_prefixes(self) -> dict[str, str]:
+        """The prefix of each twin's names in scope.onnx: `linear/`, `bias/`, `adjoint/`, or
+        `linear_1/`... where a name of the mask graph (the model's and the masks') starts so."""
+        names = graph_names(self.mask.graph)
+        prefixes = {}
+        for role in ("linear", "bias", "adjoint"):
+            prefix, i = f"{role}/", 0
+            while any(n.startswith(prefix) for n in names):
+                i += 1
+                prefix = f"{role}_{i}/"
+            prefixes[role] = prefix
+        return prefixes
 
     def scope(self) -> onnx.ModelProto:
         """The LinearScope in one model, for servers: inputs x (and the model's other inputs),
         `linear/probe` z and `adjoint/<probe>` w; outputs F(x), `linear/<out>` = A_x z,
-        `bias/<out>` = c_x and `adjoint/<x>` = A_x^T w. The adjoint is left out where the model's
-        opset is below the adjoint graph's (the model's own nodes keep their opset)."""
+        `bias/<out>` = c_x and `adjoint/<x>` = A_x^T w (prefixes: `scope_prefixes()`, the probe
+        names: `probe`, `adjoint_probes`). The adjoint is left out where the model's opset is
+        below the adjoint graph's (the model's own nodes keep their opset)."""
         graph = onnx.GraphProto()
         graph.CopyFrom(self.mask.graph)
         mask_outputs = {o.name for o in graph.output}
@@ -170,9 +198,11 @@ class Artifacts:
         model_opset = next(i.version for i in self.mask.opset_import if i.domain in ("", "ai.onnx"))
         if self.adjoint is not None and model_opset >= ADJOINT_MIN_OPSET:
             twins.append(("adjoint", self.adjoint, self.adjoint_imports))
-        for prefix, twin, imports in twins:
-            twin = onnx.compose.add_prefix(twin, f"{prefix}/")
-            feeds = {f"{prefix}/{name}": source for name, source in imports.items()}
+        prefixes = self.scope_prefixes()
+        for role, twin, imports in twins:
+            prefix = prefixes[role]
+            twin = onnx.compose.add_prefix(twin, prefix)
+            feeds = {f"{prefix}{name}": source for name, source in imports.items()}
             assert set(feeds.values()) <= mask_outputs
             for node in twin.graph.node:
                 node.input[:] = [feeds.get(i, i) for i in node.input]
@@ -195,11 +225,13 @@ class Rewrite:
 
     def build(self) -> Artifacts:
         m = self.model
-        taken = {n for node in m.nodes for n in [*node.input, *node.output]} | set(m.initializers)
-        taken |= set(m.inputs)
+        taken = m.names()  # every name of the model, subgraphs included: none is made again
         records = self._masks(taken)
         mask_outputs = [o for rec in records.values() for o in rec.masks.values()]
-        taken |= set(mask_outputs)
+        taken |= set(mask_outputs) | set(_outputs_of(self._mb.nodes)) | set(self._mb.initializers)
+        # the probe and selector inputs: their usual names unless the model has them
+        names = GraphBuilder(m.opset, taken)
+        self.probe, self.selector = names.fresh(PROBE), names.fresh(SELECTOR)
         lin_model, lin_imports = self._twin(records, taken, affine=False)
         bias_model, bias_imports = self._twin(records, taken, affine=True)
         adjoint, adj_imports, adj_probes, adj_error = None, {}, {}, None
@@ -211,7 +243,7 @@ class Rewrite:
         imports += mask_outputs  # every decision is exported, used or not (it.masks, inspect)
         mask_model = self._mask_model(list(dict.fromkeys(imports)))
         manifest = self._manifest(records, mask_model)
-        manifest["linear_inputs"] = {"probe": PROBE, "masks": lin_imports}
+        manifest["linear_inputs"] = {"probe": self.probe, "masks": lin_imports}
         manifest["bias_inputs"] = {"masks": bias_imports}
         if adjoint is not None:
             manifest["adjoint_inputs"] = {"probes": adj_probes, "masks": adj_imports}
@@ -230,6 +262,8 @@ class Rewrite:
             adj_probes,
             adj_error,
             rewrite=self,
+            probe=self.probe,
+            selector=self.selector,
         )
 
     # -- mask graph ----------------------------------------------------------------------------
@@ -257,15 +291,16 @@ class Rewrite:
                     ctx.add(f"frozen:{name}", name)
             records[idx] = ctx.record
         self._replaced = ctx.replaced
-        self._mask_types = self._infer_mask_types()
+        self._mask_types = self._measure_mask_types()
         return records
 
     def _mask_graph(self) -> onnx.GraphProto:
         """The original graph plus the mask nodes; a rule may replace a node in place (a MaxPool
-        gains an Indices output, a HardSwish becomes u * its gain)."""
+        gains an Indices output, a HardSwish becomes u * its gain). No value_info and no graph
+        outputs: what the model declares may be stale; the callers list the outputs."""
         graph = onnx.GraphProto()
         graph.CopyFrom(self.model.graph)
-        del graph.node[:]
+        del graph.node[:], graph.value_info[:], graph.output[:]
         for i, node in enumerate(self.model.nodes):
             graph.node.extend(self._replaced.get(i, [node]))
         graph.node.extend(self._mb.nodes)
@@ -277,24 +312,37 @@ class Rewrite:
         return [n for nodes in self._replaced.values() for n in nodes]
 
     def _mask_model(self, exported: list[str]) -> onnx.ModelProto:
+        """The mask graph with the model's outputs (each once) and `exported`, declared with the
+        dtypes and shapes the runtime computes. Where ONNX's own inference contradicts the
+        runtime (a ceil-mode pool that drops a window starting in the padding) the dims are left
+        open, so that the graph passes the checker's full check as well as it loads in ORT."""
         m = self.model
         graph = self._mask_graph()
-        listed = {o.name for o in graph.output}
-        for name in exported:
-            if name not in listed:
-                graph.output.append(_vi(name, self._mask_dtype(name), self._mask_shape(name)))
-                listed.add(name)
+        names = list(dict.fromkeys([*m.outputs, *exported]))
+        facts = {n: (self._mask_dtype(n), self._mask_shape(n)) for n in names}
+        graph.output.extend(
+            _vi(n, dtype, [None] * len(shape)) for n, (dtype, shape) in facts.items()
+        )
+        try:
+            inferred = onnx.shape_inference.infer_shapes(_model_like(m.model, graph, "mask"))
+            known = [vi for vi in inferred.graph.output if _known_shape(vi)]
+            contradicted = {vi.name for vi in known if _vi_type(vi)[1] != facts[vi.name][1]}
+        except Exception:  # (inference gives up on some models: then it contradicts nothing)
+            contradicted = set()
+        for vi in graph.output:
+            if vi.name not in contradicted:
+                vi.CopyFrom(_vi(vi.name, *facts[vi.name]))
         return _model_like(m.model, graph, "mask")
 
     # -- linear and affine twins ---------------------------------------------------------------
     def _twin(self, records, taken, affine: bool):
         m = self.model
-        b = GraphBuilder(m.opset, taken | {PROBE})
+        b = GraphBuilder(m.opset, taken | {self.probe})
         x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
         if affine:  # the affine twin at z = 0 gives the bias image
             probe = b.const(np.zeros((1, *x_shape), x_dtype), hint="zero_probe")
         else:
-            probe = PROBE
+            probe = self.probe
         c = LinearContext(self, b, probe, affine)
         for idx in self.analysis.needed:
             node = m.nodes[idx]
@@ -318,12 +366,12 @@ class Rewrite:
                 result = c.zeros(shape, dtype)
             out = b.op("Identity", [result], outputs=[name])
             outputs.append(_vi(out, dtype, [1 if affine else "K", *shape]))
-        inputs = [] if affine else [_vi(PROBE, x_dtype, ["K", *x_shape])]
+        inputs = [] if affine else [_vi(probe, x_dtype, ["K", *x_shape])]
         for lin_name, source in c.imports.items():
             inputs.append(_vi(lin_name, self._mask_dtype(source), self._mask_shape(source)))
         nodes = b.nodes
         if not affine:
-            nodes = fold_frozen_factors(nodes, [PROBE], m.outputs, b.fresh)
+            nodes = fold_frozen_factors(nodes, [probe], m.outputs, b.fresh)
         graph = helper.make_graph(
             nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
         )
@@ -338,9 +386,10 @@ class Rewrite:
         the shares sum to c_x by linearity. Returns (model, imports, node labels).
         """
         m = self.model
-        b = GraphBuilder(m.opset, self._taken | {"selector"})
+        selector = self.selector
+        b = GraphBuilder(m.opset, self._taken | {selector})
         x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
-        count = b.slice(b.op("Shape", ["selector"]), [0], [1], [0], "count")
+        count = b.slice(b.op("Shape", [selector]), [0], [1], [0], "count")
         probe = b.op(
             "Expand",
             [
@@ -361,7 +410,7 @@ class Rewrite:
             plain = {j: c.env[node.output[j]] for j in c.plan.lin_outputs}
             c.affine = True
             rule.linear(node, c)
-            pick = b.slice("selector", [position], [position + 1], [1], "pick")
+            pick = b.slice(selector, [position], [position + 1], [1], "pick")
             for j, lin in plain.items():
                 rank = len(m.shape(node.output[j]))
                 gate = b.reshape(pick, [-1, *([1] * rank)], "gate")
@@ -373,13 +422,15 @@ class Rewrite:
             result = c.env.get(name) or c.zeros(m.shape(name), m.dtype(name))
             out = b.op("Identity", [result], outputs=[name])
             outputs.append(_vi(out, m.dtype(name), ["K", *m.shape(name)]))
-        inputs = [_vi("selector", x_dtype, ["K", len(labels)])]
+        inputs = [_vi(selector, x_dtype, ["K", len(labels)])]
         for name, source in c.imports.items():
             inputs.append(_vi(name, self._mask_dtype(source), self._mask_shape(source)))
         graph = helper.make_graph(
             b.nodes, "bias_layers", inputs, outputs, list(b.initializers.values())
         )
-        return _model_like(m.model, graph, "bias by layer"), dict(c.imports), labels
+        model = _model_like(m.model, graph, "bias by layer")
+        validate_graph(model, "bias-by-layer graph")
+        return model, dict(c.imports), labels
 
     def _adjoint(self, records, taken):
         """The adjoint graph: output-space probes w (one input per model output) -> A_x^T w."""
@@ -429,26 +480,19 @@ class Rewrite:
             list(self.model.shape(name)) if name in self.model.info else self._mask_types[name][1]
         )
 
-    def _infer_mask_types(self) -> dict[str, tuple[np.dtype, list]]:
-        """dtype and shape of every tensor the mask rules made, by ONNX shape inference."""
+    def _measure_mask_types(self) -> dict[str, tuple[np.dtype, list]]:
+        """dtype and shape of every tensor the mask rules made, from one ONNX Runtime run of the
+        mask graph on the analysis inputs (ONNX's shape inference can disagree with the
+        runtime, and a mask's declared shape is what the twins' inputs must match)."""
         m = self.model
-        graph = self._mask_graph()
-        fixed = {*m.inputs, *m.initializers, *m.outputs}
-        graph.value_info.extend(
-            _vi(name, info.dtype, list(info.shape))
-            for name, info in m.info.items()
-            if name not in fixed
-        )
-        for vi in graph.input:
-            if vi.name in m.input_shapes:
-                vi.CopyFrom(_vi(vi.name, m.dtype(vi.name), list(m.input_shapes[vi.name])))
-        inferred = onnx.shape_inference.infer_shapes(_model_like(m.model, graph, "mask"))
-        types = {vi.name: _vi_type(vi) for vi in inferred.graph.value_info}
         made = [o for o in _outputs_of([*self._mb.nodes, *self._replacements()]) if o not in m.info]
-        missing = [o for o in made if o not in types or types[o][0] == np.dtype("O")]
-        if missing:
-            raise RuntimeError(f"internal error: could not infer the type of mask(s) {missing}")
-        return {o: types[o] for o in made}
+        if not made:
+            return {}
+        graph = self._mask_graph()
+        graph.output.extend(onnx.ValueInfoProto(name=o) for o in made)
+        sess = _session(_model_like(m.model, graph, "mask"), "mask graph")
+        values = sess.run(made, m.analysis_feeds())
+        return {o: (v.dtype, list(v.shape)) for o, v in zip(made, values)}
 
     def _manifest(self, records, mask_model) -> dict:
         types = {o.name: _vi_type(o) for o in mask_model.graph.output}
@@ -480,14 +524,55 @@ class Rewrite:
         }
 
 
+def _session(model: onnx.ModelProto, role: str):
+    """A CPU session of one of onnxscope's graphs (no graph optimizations: only loading is
+    checked), or a ModelError naming the graph."""
+    from .runtime import ort, session_options
+
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(),
+            session_options(optimize=False),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:
+        raise ModelError(_invalid(role, "does not load in ONNX Runtime", exc)) from None
+
+
+def _invalid(role: str, what: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"The {role} onnxscope built for this model {what} ({first}); nothing was written. This "
+        "is a bug in onnxscope: please report it with the model."
+    )
+
+
+def validate_graph(model: onnx.ModelProto, role: str) -> None:
+    """The ONNX checker, then an ONNX Runtime session: a ModelError naming `role` if either
+    fails. (The checker's full check is not the arbiter: ONNX's shape inference disagrees with
+    the runtime on some ops, and the session runs the runtime's.)"""
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        # deprecated ops the model itself uses (GroupNormalization-18, Upsample) still run
+        if "deprecated" not in str(exc).lower():
+            raise ModelError(_invalid(role, "is not valid ONNX", exc)) from None
+    _session(model, role)
+
+
 def _outputs_of(nodes) -> list[str]:
     return [o for n in nodes for o in n.output if o]
 
 
-def _vi(name: str, dtype, shape) -> onnx.ValueInfoProto:
+def _vi(name: str, dtype, shape) -> onnx.ValueInfoProto:  # shape None: dtype only
     return helper.make_tensor_value_info(
         name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape
     )
+
+
+def _known_shape(vi: onnx.ValueInfoProto) -> bool:
+    t = vi.type.tensor_type
+    return t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim)
 
 
 def _vi_type(vi: onnx.ValueInfoProto) -> tuple[np.dtype, list]:

@@ -289,7 +289,9 @@ class Interpretation:
         z = np.asarray(z, dtype=self.x.dtype)
         lead = _leading(z.shape, self.x.shape, "probe")
         flat = z.reshape(-1, *self.x.shape)
-        out = self._batched(self._s.linear, self._s.artifacts.linear_imports, {"probe": flat})
+        out = self._batched(
+            self._s.linear, self._s.artifacts.linear_imports, {self._s.artifacts.probe: flat}
+        )
         return {n: out[n].reshape((*lead, *self.outputs[n].shape)) for n in self.output_names}
 
     def apply(self, z: np.ndarray):
@@ -386,7 +388,7 @@ class Interpretation:
         name = self._output_name(output)
         model, imports, labels = self._s.bias_layers()
         eye = np.eye(len(labels), dtype=self.x.dtype)
-        shares = self._batched(model, imports, {"selector": eye})[name]
+        shares = self._batched(model, imports, {self._s.artifacts.selector: eye})[name]
         return {label: share for label, share in zip(labels, shares) if np.any(share)}
 
     def verify(self, seed: int = 0, tol: float = 1e-5):

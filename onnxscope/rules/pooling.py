@@ -1,7 +1,12 @@
 """Pooling and reductions. Averages and sums are linear; maxima are selections: each output
 copies one input element, and the linear and adjoint graphs gather (scatter) through its flat
 index into the N*C*H*W input. A strided float32 MaxPool's mask stores the winning offset in the
-window (one byte), other MaxPools and the reductions the flat index itself (int64)."""
+window (one byte), other MaxPools and the reductions the flat index itself (int64).
+
+Pool geometry is ONNX Runtime's: output sizes come from the analysis run (a ceil-mode pool drops
+a last window that would start in the end padding; ONNX's shape inference keeps it), and a
+MaxPool window that reads only padding (dilations, large pads) outputs the dtype's lowest value,
+whatever the input: a constant, so A_x is 0 there and c_x that value."""
 
 from __future__ import annotations
 
@@ -33,17 +38,30 @@ class Selection(Rule):
         return Plan((0,), (0,), "selected flat index (int64)")
 
     def selected(self, node, c) -> str:
-        """The flat index (into the N*C*H*W input) of the element each output copied."""
+        """The flat index (into the N*C*H*W input) of the element each output copied (any valid
+        index where `empty` says it copied none)."""
         return c.mask("argmax")
+
+    def empty(self, node, model) -> np.ndarray | None:
+        """[*out spatial] bool: outputs that copy no input element (None: there are none)."""
+        return None
 
     def linear(self, node, c) -> None:
         flat = c.b.reshape(c.lin(0), [-1, int(np.prod(c.in_shape(0)))], "flat")
-        c.set_out(c.b.op("Gather", [flat, self.selected(node, c)], "selected", axis=1))
+        y = c.b.op("Gather", [flat, self.selected(node, c)], "selected", axis=1)
+        empty = self.empty(node, c.model)
+        if empty is not None:  # y = 0 there, or in the affine twin the runtime's own output
+            fill = c.value_of(node.output[0]) if c.affine else c.const(0)
+            y = c.b.op("Where", [c.b.const(empty, hint="empty"), fill, y], "selected")
+        c.set_out(y)
 
     def adjoint(self, node, a) -> None:
         # scatter-add each output's cotangent to the element it selected (windows overlap)
         numel, count = int(np.prod(a.in_shape(0))), int(np.prod(a.out_shape()))
-        g = a.b.reshape(a.grad(), [-1, count], "g_flat")
+        g, empty = a.grad(), self.empty(node, a.model)
+        if empty is not None:  # outputs that copy nothing send nothing back
+            g = a.b.op("Where", [a.b.const(empty, hint="empty"), a.const(0), g], "g")
+        g = a.b.reshape(g, [-1, count], "g_flat")
         index = a.b.reshape(self.selected(node, a), [1, count], "index")
         index = a.b.op("Expand", [index, a.b.op("Shape", [g])], "index_k")
         zeros = a.zeros((numel,), a.dtype(0))
@@ -82,7 +100,6 @@ class MaxPool(Selection):
 
     def plan(self, node, lin, model) -> Plan:
         if self.by_offset(node, model):
-            self.first_inside(node, model)  # refuses windows that read only padding
             kind = "uint8" if self.offset_type(node) == TensorProto.UINT8 else "int32"
             return Plan((0,), (0,), f"winning window offset ({kind})")
         if attr(node, "storage_order", 0):
@@ -116,11 +133,13 @@ class MaxPool(Selection):
         return inside
 
     def first_inside(self, node, model) -> np.ndarray:
-        """[*out]: the first kernel offset of each window that reads the input."""
-        inside = self.inside(node, model)
-        if not inside.any(axis=0).all():
-            raise Unsupported("a pooling window lies entirely in the padding")
-        return inside.argmax(axis=0)
+        """[*out]: the first kernel offset of each window that reads the input (0 if none)."""
+        return self.inside(node, model).argmax(axis=0)
+
+    def empty(self, node, model) -> np.ndarray | None:
+        # windows that read only padding (ONNX Runtime's Indices there are meaningless)
+        empty = ~self.inside(node, model).any(axis=0)
+        return empty if empty.any() else None
 
     def masks(self, node, m) -> None:
         if not self.by_offset(node, m.model):  # ONNX Runtime's Indices: the flat N*C*H*W index
@@ -195,8 +214,13 @@ class MaxPool(Selection):
         return windows, pooled, self.inside(node, m.model)[None]
 
     def selected(self, node, c) -> str:
-        if not self.by_offset(node, c.model):
-            return super().selected(node, c)
+        index = self.offset_index(node, c) if self.by_offset(node, c.model) else c.mask("argmax")
+        empty = self.empty(node, c.model)
+        if empty is None:
+            return index
+        return c.b.op("Where", [c.b.const(empty, hint="empty"), c.b.ints([0]), index], "selected")
+
+    def offset_index(self, node, c) -> str:
         # flat index = the channel's start + the window's origin (which may lie in the padding)
         # + the winning offset's shift
         in_shape, out_shape, kernel, strides, dilations, begin = self.windows(node, c.model)
@@ -288,6 +312,11 @@ class SeparablePerSample(PerSample):
 @register("AveragePool")
 class AveragePool(SeparablePerSample):
     # sum over each window / its divisor; both are products of per-axis factors
+    def linear(self, node, c) -> None:
+        # (a ceil-mode pool's output is cropped to the runtime's size, see per_sample)
+        crop = bool(attr(node, "ceil_mode", 0))
+        c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), node.op_type, crop=crop))
+
     def restricted(self, node, a, axis, x):
         in_shape = a.in_shape(0)
         spatial = len(in_shape) - 2
