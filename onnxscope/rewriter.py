@@ -156,7 +156,7 @@ class Artifacts:
         """Check every graph (the ONNX checker, then an ONNX Runtime session); raise a ModelError
         naming the first that fails."""
         for name, model in (graphs or self.graphs()).items():
-            validate_graph(model, name)
+            validate_graph(model, f"{name.removesuffix('.onnx')} graph ({name})")
 
     def files(self) -> dict[str, bytes]:
         """The serialized graphs and manifest, each graph validated first: nothing is returned
@@ -199,20 +199,32 @@ class Artifacts:
         if self.adjoint is not None and model_opset >= ADJOINT_MIN_OPSET:
             twins.append(("adjoint", self.adjoint, self.adjoint_imports))
         prefixes = self.scope_prefixes()
+        # masks whose shape ONNX's inference gets wrong (the mask graph leaves their dims open)
+        # reach the twins through a Reshape to the runtime's shape: a no-op at run time that
+        # ONNX Runtime's load-time inference takes at its word
+        open_dims = {o.name for o in self.mask.graph.output if not _known_shape(o)}
+        b = GraphBuilder(model_opset, graph_names(graph) | graph_names(self.mask.graph))
         for role, twin, imports in twins:
             prefix = prefixes[role]
             twin = onnx.compose.add_prefix(twin, prefix)
             feeds = {f"{prefix}{name}": source for name, source in imports.items()}
             assert set(feeds.values()) <= mask_outputs
+            start = len(b.nodes)
+            for vi in twin.graph.input:
+                if feeds.get(vi.name) in open_dims:
+                    shape = _vi_type(vi)[1]
+                    b.op("Reshape", [feeds[vi.name], b.ints(shape)], outputs=[vi.name])
+                    feeds[vi.name] = vi.name
             for node in twin.graph.node:
                 node.input[:] = [feeds.get(i, i) for i in node.input]
+            graph.node.extend(b.nodes[start:])
             graph.node.extend(twin.graph.node)
             graph.initializer.extend(twin.graph.initializer)
             graph.input.extend(i for i in twin.graph.input if i.name not in feeds)
             graph.output.extend(twin.graph.output)
+        graph.initializer.extend(b.initializers.values())
         graph.name = "scope"
-        model = _model_like(self.mask, graph, "scope")
-        return model
+        return _model_like(self.mask, graph, "scope")
 
 
 class Rewrite:
