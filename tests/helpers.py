@@ -332,21 +332,22 @@ def check_model(
 ) -> Checked:
     """Interpret `model` at `inputs` and assert the checks of DESIGN.md section 4:
 
-    - reconstruction ‖F(x) − (A_x x + c_x)‖/‖F(x)‖ ≤ tol and linearity of A_x ≤ tol (`it.verify()`),
-      and the adjoint (dot-product) test |⟨A z, w⟩ − ⟨z, A^T w⟩| ≤ tol · ‖A z‖ ‖w‖;
+    - reconstruction ‖F(x) − (A_x x + c_x)‖/‖F(x)‖, linearity of A_x and the adjoint
+      (dot-product) test within tol, or within the noise floor `verify` measures where that is
+      larger (`it.verify(tol=tol).passed(...)`);
     - the mask graph's own outputs (`it.outputs`) equal a plain ONNX Runtime run of the model
       (relative to each output's largest magnitude, `out_rtol`);
     - the mask, linear, bias and adjoint graphs pass
       `onnx.checker.check_model(full_check=True)`.
     """
     checked = interpret(model, inputs, wrt)
-    errors = checked.errors = checked.it.verify()
-    assert errors["reconstruction"] <= tol, (
-        f"reconstruction error {errors['reconstruction']:.3g} > {tol}"
-    )
-    assert errors["linearity"] <= tol, f"linearity error {errors['linearity']:.3g} > {tol}"
+    errors = checked.errors = checked.it.verify(tol=tol)
     assert "adjoint" in errors, f"no adjoint graph: {checked.artifacts.adjoint_error}"
-    assert errors["adjoint"] <= tol, f"adjoint error {errors['adjoint']:.3g} > {tol}"
+    for name in ("reconstruction", "linearity", "adjoint"):
+        assert errors.passed(name), (
+            f"{name} error {errors[name]:.3g} > {errors.bound(name):.3g} (tol {tol}, noise "
+            f"floor {errors.noise[name]:.3g})"
+        )
     assert_outputs_equal(
         checked.it.outputs, checked.reference, out_rtol, "mask graph vs plain ORT: "
     )

@@ -291,9 +291,11 @@ def check_light(m: LightModel, variant: str, bugs: dict[str, str]):
         ref = ort_run(model, feeds)
         it = interpret(scope, feeds)
         assert_same(it.outputs[model.graph.output[0].name], ref[0], "mask graph vs plain ORT")
-        errors = it.verify()
+        errors = it.verify(tol=TOL[x.dtype])
         assert "adjoint" in errors, scope.artifacts({m.app.wrt: shape}).adjoint_error
-        assert all(e <= TOL[x.dtype] for e in errors.values()), errors
+        # against the noise floors: light_inception_v2's dummy weights give every class the
+        # same logit, so A_x = 0 up to rounding and <z, A^T w> is noise against noise
+        assert errors.ok, errors.as_dict()
 
 
 @pytest.mark.parametrize("m", params(LIGHT, LIGHT_BUGS))

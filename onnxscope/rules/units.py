@@ -508,8 +508,8 @@ class Softmax(CentredSoftmax):
             y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
             # a -inf score (masked attention) has gain 0 and output 0: g*v -> -1/S as v -> -inf,
             # so its intercept is 0 too (and 0 * -inf is no number at all)
-            dead = c.b.op("Equal", [gain, c.const(0)], "dead")
-            y = c.b.op("Where", [dead, c.const(0), y], "y_finite")
+            live = c.b.op("Greater", [gain, c.const(0)], "live")  # gain >= 0 (Equal: opset 11)
+            y = c.b.op("Where", [live, y, c.const(0)], "y_finite")
         c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
 
     def adjoint(self, node, a) -> None:
