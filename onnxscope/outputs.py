@@ -78,38 +78,38 @@ def check_folder(
     shown, parent, name = _target(folder, "folder")
     dest = os.path.join(parent, name)
     _no_source_inside(dest, sources)
-    if os.path.isdir(parent):
-        with _locked(parent):
-            _sweep(parent, name, kind, index, legacy)
-    _check_dest_folder(dest, shown, kind, index, legacy)
+    try:
+        with _locked(parent) if os.path.isdir(parent) else contextlib.nullcontext():
+            if os.path.isdir(parent):
+                _sweep(parent, name, kind, index, legacy)
+            _check_dest_folder(dest, shown, kind, index, legacy)
+    except OSError as exc:
+        raise OutputError(f"Cannot use '{shown}' as the output folder: {_reason(exc)}.") from None
     return shown
 
 
 def check_file(path, *, sources: Sources = (), suffix: str | None = None) -> str:
     """The path `publish_file` will write (with `suffix` appended when missing), after checking
     that it is not a folder, a symbolic link, a special file or one of the sources."""
-    path = os.fspath(path)
-    if suffix and not path.endswith(suffix):
-        path += suffix
-    shown, parent, name = _target(path, "file")
-    dest = os.path.join(parent, name)
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise OutputError(
-            f"'{shown}' is a folder; -o takes the name of the file to write, e.g. "
-            f"'{os.path.join(shown, 'out' + (suffix or ''))}'."
-        )
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"'{shown}' exists and is not a regular file; choose another -o.")
-    for what, src in _paths(sources):
-        real = os.path.realpath(src)
-        if real == dest or (st is not None and _same_file(real, dest)):
+    given = os.fspath(path)
+    named = [given] + ([given + suffix] if suffix and not given.endswith(suffix) else [])
+    for path in named:  # as given (`-o MODEL.onnx` is a mistake), then as written
+        shown, parent, name = _target(path, "file")
+        dest = os.path.join(parent, name)
+        st = _lstat(dest)
+        if st is not None and stat.S_ISDIR(st.st_mode):
             raise OutputError(
-                f"Writing '{shown}' would overwrite the {what} '{src}'; choose another -o."
+                f"'{shown}' is a folder; -o takes the name of the file to write, e.g. "
+                f"'{os.path.join(shown, 'out' + (suffix or ''))}'."
             )
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"'{shown}' exists and is not a regular file; choose another -o.")
+        for what, src in _paths(sources):
+            real = os.path.realpath(src)
+            if real == dest or (st is not None and _same_file(real, dest)):
+                raise OutputError(
+                    f"Writing '{shown}' would overwrite the {what} '{src}'; choose another -o."
+                )
     return shown
 
 
@@ -223,6 +223,13 @@ def _target(path, what: str) -> tuple[str, str, str]:
     if not name:
         raise OutputError(f"Cannot write the output {what} at '{shown}'; choose another -o.")
     parent = os.path.realpath(os.path.dirname(shown))
+    above = parent
+    while not os.path.lexists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise OutputError(
+            f"Cannot write '{shown}': '{above}' is a file, not a folder; choose another -o."
+        )
     real = os.path.join(parent, name)
     if os.path.islink(real):
         target = os.readlink(real)
@@ -232,6 +239,13 @@ def _target(path, what: str) -> tuple[str, str, str]:
             f"through or over links: give the output {what}'s real path as -o."
         )
     return shown, parent, name
+
+
+def _lstat(path: str):
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _paths(sources: Sources):
@@ -250,7 +264,12 @@ def _same_file(a: str, b: str) -> bool:
 def _no_source_inside(dest: str, sources: Sources) -> None:
     for what, src in _paths(sources):
         real = os.path.realpath(src)
-        if real == dest or real.startswith(dest + os.sep):
+        if real == dest:
+            raise OutputError(
+                f"The output folder '{dest}' is the {what} '{src}': writing it would overwrite "
+                f"the input {what.split()[-1]}; choose another -o."
+            )
+        if real.startswith(dest + os.sep):
             raise OutputError(
                 f"The {what} '{src}' is inside the output folder '{dest}': writing there could "
                 f"overwrite the input {what.split()[-1]} or delete it; choose another -o."
@@ -274,32 +293,39 @@ def _check_dest_folder(dest: str, shown: str, kind, index, legacy) -> None:
 
 def _foreign(folder: str, kind, index, legacy) -> list[str]:
     """The entries of `folder` that are not plain files of one earlier set `kind` (listed in its
-    index); [] when the folder may be replaced (an earlier set, or empty)."""
-    entries = sorted(os.listdir(folder))
-    ours: set[str] = set()
-    path = os.path.join(folder, index)
-    if index in entries and _is_file(path):
-        try:
-            with open(path, "rb") as f:
-                obj = json.loads(f.read())
-        except (OSError, ValueError):
-            obj = None
-        if isinstance(obj, dict):
-            mark = obj.get(MARK)
-            if isinstance(mark, dict) and mark.get("kind") == kind:
-                listed = mark.get("files")
-                if isinstance(listed, list) and all(isinstance(n, str) for n in listed):
-                    ours = set(listed)
-            elif MARK not in obj and legacy is not None:
-                ours = set(legacy(obj) or ())
+    index); [] when the folder may be replaced (an earlier set, or empty). Reads through one
+    handle on the folder, so that a concurrent swap cannot mix two sets' listings."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        entries = sorted(os.listdir(fd))
+        files = {e for e in entries if _is_file(e, fd)}
+        ours: set[str] = set()
+        obj = None
+        if index in files:
+            try:
+                index_fd = os.open(index, os.O_RDONLY, dir_fd=fd)
+                with os.fdopen(index_fd, "rb") as f:
+                    obj = json.loads(f.read())
+            except (OSError, ValueError):
+                obj = None
+    finally:
+        os.close(fd)
+    if isinstance(obj, dict):
+        mark = obj.get(MARK)
+        if isinstance(mark, dict) and mark.get("kind") == kind:
+            listed = mark.get("files")
+            if isinstance(listed, list) and all(isinstance(n, str) for n in listed):
+                ours = set(listed)
+        elif MARK not in obj and legacy is not None:
+            ours = set(legacy(obj) or ())
     if index not in ours:
         ours = set()
-    return [e for e in entries if e not in ours or not _is_file(os.path.join(folder, e))]
+    return [e for e in entries if e not in ours or e not in files]
 
 
-def _is_file(path: str) -> bool:
+def _is_file(path: str, dir_fd: int | None = None) -> bool:
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        return stat.S_ISREG(os.lstat(path, dir_fd=dir_fd).st_mode)
     except OSError:
         return False
 
@@ -441,10 +467,7 @@ def _swap(staging: str, dest: str, shown: str, kind, index, legacy) -> str | Non
     deleted) or None. Re-checks `dest` just before, and undoes the swap if what it displaced
     turns out not to be a replaceable set (a file added in the meantime)."""
     for _ in range(8):  # `dest` may change between the check and the rename: look again
-        try:
-            st = os.lstat(dest)
-        except FileNotFoundError:
-            st = None
+        st = _lstat(dest)
         if st is not None:
             _check_dest_folder(dest, shown, kind, index, legacy)
             if stat.S_ISLNK(st.st_mode):
@@ -519,7 +542,8 @@ def _remove_set(folder: str, kind, index, legacy) -> None:
     if _foreign(folder, kind, index, legacy):
         _notice(f"kept '{folder}': it holds entries onnxscope did not write")
         return
-    for entry in os.listdir(folder):
+    # the index last: a run killed midway leaves a smaller set that is still provably ours
+    for entry in sorted(os.listdir(folder), key=lambda e: e == index):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, entry))
     try:
