@@ -247,6 +247,9 @@ class AnalyzedModel:
         graph.output.extend(onnx.ValueInfoProto(name=o) for o in dict.fromkeys(exposed))
         feeds = self.analysis_feeds()
         opts = session_options(optimize=False)
+        # ORT's memory-pattern planning costs O(n^2) in leaf outputs on the first run (20k
+        # masks: 10 s); one run gains nothing from it
+        opts.enable_mem_pattern = False
         try:
             sess = ort.InferenceSession(
                 fixed.SerializeToString(), opts, providers=["CPUExecutionProvider"]

@@ -541,11 +541,11 @@ def _session(model: onnx.ModelProto, role: str):
     checked), or a ModelError naming the graph."""
     from .runtime import ort, session_options
 
+    opts = session_options(optimize=False)
+    opts.enable_mem_pattern = False  # (see AnalyzedModel._run_once)
     try:
         return ort.InferenceSession(
-            model.SerializeToString(),
-            session_options(optimize=False),
-            providers=["CPUExecutionProvider"],
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:
         raise ModelError(_invalid(role, "does not load in ONNX Runtime", exc)) from None
