@@ -203,7 +203,7 @@ class Artifacts:
         # reach the twins through a Reshape to the runtime's shape: a no-op at run time that
         # ONNX Runtime's load-time inference takes at its word
         open_dims = {o.name for o in self.mask.graph.output if not _known_shape(o)}
-        b = GraphBuilder(model_opset, graph_names(graph) | graph_names(self.mask.graph))
+        b = GraphBuilder(model_opset, graph_names(self.mask.graph))
         for role, twin, imports in twins:
             prefix = prefixes[role]
             twin = onnx.compose.add_prefix(twin, prefix)

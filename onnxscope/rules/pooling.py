@@ -6,7 +6,8 @@ window (one byte), other MaxPools and the reductions the flat index itself (int6
 Pool geometry is ONNX Runtime's: output sizes come from the analysis run (a ceil-mode pool drops
 a last window that would start in the end padding; ONNX's shape inference keeps it), and a
 MaxPool window that reads only padding (dilations, large pads) outputs the dtype's lowest value,
-whatever the input: a constant, so A_x is 0 there and c_x that value."""
+whatever the input: a constant, so A_x is 0 there and c_x that value (read from the mask graph's
+own output, so it is whatever the provider computed). Such windows' masks mean nothing."""
 
 from __future__ import annotations
 
