@@ -113,7 +113,7 @@ def write_report(
     others = _other_inputs(other or {}, specs, scope.wrt)
     bar.step("interpreting")
     it = scope.interpret(x, **others)
-    errors = it.verify()
+    errors = it.verify(tol=TOLERANCE)
     r = Report(it, conv, labels, radius, channel)
     r.facts(model, scope, specs, others, device, cut)
     chosen = outputs or it.output_names
@@ -427,23 +427,29 @@ class Report:
         self.sections.append((f"Frozen decisions ({len(units)} units and gates)", body))
 
     # -- the page ------------------------------------------------------------------------------
-    def files(self, errors: dict[str, float]) -> dict[str, bytes]:
-        exact = [(k, v, v <= TOLERANCE) for k, v in errors.items()]
-        if "adjoint" not in errors:
+    def files(self, errors) -> dict[str, bytes]:
+        """`errors`: the interpretation's Verification (each check against max(tol, its noise
+        floor))."""
+        exact = [(k, v, errors.passed(k)) for k, v in errors.items()]
+        if not errors.adjoint_checked:
             exact.append(("adjoint", None, None))
         cells = "".join(
             f"<tr><td>{k}</td><td class=num data-value='{v!r}'>{v:.3e}</td>"
+            f"<td class=num>{errors.noise[k]:.1e}</td>"
             f"<td class={'pass' if ok else 'fail'}>{'pass' if ok else 'FAIL'}</td></tr>"
             if v is not None
-            else f"<tr><td>{k}</td><td>—</td><td>no adjoint graph</td></tr>"
+            else f"<tr><td>{k}</td><td>—</td><td>—</td><td>not checked: no adjoint graph</td></tr>"
             for k, v, ok in exact
         )
-        verdict = all(ok for _, v, ok in exact if v is not None)
+        verdict = errors.ok
         head = (
             f"<table id=exactness><tr><th>identity</th><th>relative error</th>"
-            f"<th>≤ {TOLERANCE:g}</th></tr>{cells}</table>"
-            "<p>F(x) = A_x x + c_x (reconstruction), A_x linear (linearity), "
-            "⟨A z, w⟩ = ⟨z, A_xᵀ w⟩ (adjoint).</p>"
+            f"<th>float noise floor</th><th>≤ max({TOLERANCE:g}, 8 × floor)</th></tr>{cells}"
+            "</table>"
+            "<p>F(x) = A_x x + c_x (reconstruction, relative to ‖F(x)‖; conditioning "
+            f"(‖A_x x‖ + ‖c_x‖)/‖F(x)‖ = {errors.conditioning:.3g}), A_x linear (linearity), "
+            "⟨A z, w⟩ = ⟨z, A_xᵀ w⟩ (adjoint). The noise floor is how far the same map moves "
+            "when its argument is rounded another way.</p>"
         )
         body = "".join(
             f"<h2>{html.escape(t)}</h2>\n{b}\n"
@@ -460,7 +466,7 @@ class Report:
                 f"<figcaption>{html.escape(fig.caption)} ({fig.file})</figcaption></figure>",
             )
         page = PAGE.format(body=body)
-        self.numbers["exactness"] = {"errors": errors, "tolerance": TOLERANCE, "pass": verdict}
+        self.numbers["exactness"] = {**errors.as_dict(), "tolerance": TOLERANCE, "pass": verdict}
         self.numbers["figures"] = [f.file for f in self.figures]
         self.numbers["onnxscope_report"] = 1
         files = {f.file: f.png for f in self.figures}

@@ -132,8 +132,12 @@ def test_rewrite_refuses_to_overwrite_its_input(tmp_path):
 
 def test_verify_exit_status_follows_tolerance(sigmoid_model):
     assert run_cli("verify", str(sigmoid_model)).returncode == 0
+    # --tol 0: only the measured noise floors remain as bounds (8 x floor)
     proc = run_cli("verify", str(sigmoid_model), "--tol", "0", "--json")
-    assert proc.returncode == 1 and not json.loads(proc.stdout)["ok"]
+    result = json.loads(proc.stdout)
+    expected = all(result["errors"][k] <= 8 * result["noise"][k] for k in result["errors"])
+    assert result["ok"] == expected and proc.returncode == (0 if expected else 1)
+    assert run_cli("verify", str(sigmoid_model), "--tol", "-1").returncode == 2
 
 
 def test_verify_reads_inputs(sigmoid_model, tmp_path):

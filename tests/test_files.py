@@ -624,12 +624,6 @@ def test_npz_inputs(files, tmp_path, capsys):
     assert_error(result, "2 arrays ['x', 'y']", "exactly one array")
 
 
-@pytest.mark.xfail(
-    reason="needs onnxscope/runtime.py: session_options() sets log_severity_level = 3, so ONNX "
-    "Runtime prints its own error line before raising; 4 (fatal only) keeps stderr to onnxscope's "
-    "paragraph",
-    strict=False,
-)
 def test_onnx_runtime_log_lines_do_not_reach_stderr(tmp_path):
     path = tmp_path / "reshape.onnx"
     model = make_model(

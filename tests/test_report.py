@@ -199,9 +199,12 @@ def test_image_to_image_report_cli(models, capsys):
 def test_output_folder_is_replaced_atomically_and_checked(models, tmp_path):
     out = tmp_path / "report"
     write_report(models["classifier"], models["image"], out, top=1)
-    (out / "stale.png").write_bytes(b"old")
+    (out / "stale.png").write_bytes(b"old")  # a user's file: the folder is not ours alone now
+    with pytest.raises(InputError, match="'stale.png'"):
+        write_report(models["classifier"], models["image"], out, top=1)
+    assert (out / "stale.png").read_bytes() == b"old"
+    (out / "stale.png").unlink()
     write_report(models["classifier"], models["image"], out, top=1)
-    assert not (out / "stale.png").exists()  # a fresh folder, not files written over the old
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folders left
     foreign = tmp_path / "foreign"
     foreign.mkdir()

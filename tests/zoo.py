@@ -868,7 +868,8 @@ def as_function(module: nn.Module, others: dict) -> nn.Module:
 #   Softplus(β) as softplus(βx)/β — freeze to the same map);
 #   Softplus above its threshold (beta·x > 20): the identity piece, as torch computes and the
 #   dynamo exporter writes it (the legacy exporter drops the threshold: `softplus_threshold`);
-#   Softmax: exp(u)/S with S frozen, exp by its secant; LogSoftmax: u − LSE(u) with LSE frozen;
+#   Softmax and LogSoftmax centred on row x's first maximum k (v = u − u_k): exp(v)/S with S
+#   frozen and exp by its secant, v − log S; Sigmoid/Softplus far below f(0): frozen whole;
 #   GroupNorm: centering linear, 1/σ of each group frozen.
 # Attention (a product of two input-dependent tensors) is refused: which operand onnxscope freezes
 # is its own choice, not a property of the network.
@@ -887,8 +888,11 @@ def _secant(fn):
         ) / (2 * h)
         near = u0.abs() < 1e-12
         safe = torch.where(near, torch.ones_like(u0), u0)
+        y0 = fn(u0, *args, **kwargs)
         gain = torch.where(near, d0, (fn(safe, *args, **kwargs) - f0) / safe)
-        return gain * u + f0
+        # f(0) != 0 and the output far below it: the unit frozen whole (README's table)
+        saturated = y0.abs() < f0.abs() / 16
+        return torch.where(saturated, y0, gain * u + f0)
 
     return frozen
 
@@ -907,14 +911,26 @@ def _hardsigmoid_unit(u, inplace=False):
     return _hardtanh(u / 6 + 0.5, 0.0, 1.0)
 
 
-def _softmax(u, dim, *args, **kwargs):
+def _centred(u, dim):
+    """v = u - u_k with k the first maximum of row x, and S = sum exp(v) at row x."""
     u0 = u[:1]
-    inv_s = torch.exp(-torch.logsumexp(u0, dim, keepdim=True))
-    return _secant(torch.exp)(u) * inv_s
+    k = torch.argmax(u0, dim, keepdim=True)  # torch returns the first maximal index
+    v = u - torch.gather(u, dim, k.expand(*u.shape[:dim], 1, *u.shape[dim + 1 :]))
+    return v, torch.exp(v[:1]).sum(dim, keepdim=True)
+
+
+def _softmax(u, dim, *args, **kwargs):
+    # exp(v) by its secant through (0, 1), S frozen: y = (exp(v0) - 1)/(v0 S) * v + 1/S
+    v, total = _centred(u, dim)
+    v0 = v[:1]
+    near = v0.abs() < 1e-12
+    gain = torch.where(near, torch.ones_like(v0), torch.expm1(v0) / torch.where(near, 1, v0))
+    return gain / total * v + 1 / total
 
 
 def _log_softmax(u, dim, *args, **kwargs):
-    return u - torch.logsumexp(u[:1], dim, keepdim=True)
+    v, total = _centred(u, dim)
+    return v - torch.log(total)
 
 
 def _group_norm(u, num_groups, weight=None, bias=None, eps=1e-5):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled default subject: inspect the model, check that its linear
-# interpreter is exact at a random input, write the rewritten graphs to out/00_default/, then
+# interpreter is exact at a random input, write the rewritten graphs to out/00_default/graphs/, then
 # interpret the bundled image and write an HTML report (the last line printed is its path).
 # MODEL, IMAGE, IMAGE_FLAGS (the image conventions and labels) and OUT_DIR can be overridden, e.g.
 #   MODEL=samples/00_default/tinynet.onnx IMAGE_FLAGS= bash samples/00_default/run.sh
@@ -18,7 +18,7 @@ out="${OUT_DIR:-$root/out/00_default}"
 echo
 "$bin" verify "$model"
 echo
-"$bin" rewrite "$model" -o "$out"
+"$bin" rewrite "$model" -o "$out/graphs"
 echo
 echo "Report of $(basename "$model") at $(basename "$image"):"
 "$bin" report "$model" "$image" -o "$out/report" "${image_flags[@]}"

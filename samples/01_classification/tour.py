@@ -72,7 +72,7 @@ def split(scope, x: np.ndarray, output: str, nhwc: bool = False) -> dict:
     votes = x * it.apply_T_all({output: w.reshape(2, *it.outputs[output].shape)})
     bias = it.biases[output].ravel()
     parts = {"logit": (votes[0], bias[k]), "margin": (votes[1], bias[k] - bias[j])}
-    result = {"k": k, "j": j, "logits": logits, "verify": it.verify()}
+    result = {"k": k, "j": j, "logits": logits, "verify": dict(it.verify())}
     for name, (v, b) in parts.items():
         total = float(v.sum(dtype=np.float64))
         result[name] = {"votes": total, "bias": float(b), "share": abs(b) / (abs(total) + abs(b))}

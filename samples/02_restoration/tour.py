@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         entry = {
             "psnr_db": 10 * np.log10(1 / mse),
             "bias_ratio": float(np.linalg.norm(it.bias) / np.linalg.norm(it.output)),
-            "verify": it.verify(),
+            "verify": dict(it.verify()),
         }
         for (label, (y, x_)), row in zip(POSITIONS.items(), it.rows(flat)):
             entry[label] = {"support_90": support(row), "sum": float(row.sum())}

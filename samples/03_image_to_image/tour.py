@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
         it = scope.interpret(x, **s.feeds)
         rows = it.rows([np.ravel_multi_index((0, 0, *pos), it.output.shape) for pos in s.rows])
         ratio = float(np.linalg.norm(it.bias) / np.linalg.norm(it.output))
-        entry = {"verify": it.verify(), "bias_ratio": ratio}
+        entry = {"verify": dict(it.verify()), "bias_ratio": ratio}
         for pos, row in zip(s.rows, rows):
             share = beyond(row[0], *pos, distances)
             curves[name, pos] = share
