@@ -617,6 +617,20 @@ def rewrite(model: AnalyzedModel, wrt: str) -> Artifacts:
     return Rewrite(model, wrt).build()
 
 
+_UNSUPPORTED_FLOATS = {
+    getattr(onnx.TensorProto, name)
+    for name in (
+        "BFLOAT16",
+        "FLOAT8E4M3FN",
+        "FLOAT8E4M3FNUZ",
+        "FLOAT8E5M2",
+        "FLOAT8E5M2FNUZ",
+        "FLOAT4E2M1",
+    )
+    if hasattr(onnx.TensorProto, name)
+}
+
+
 def default_wrt(model: onnx.ModelProto | AnalyzedModel, wrt: str | None) -> str:
     from .model import graph_inputs, input_spec
 
@@ -628,5 +642,16 @@ def default_wrt(model: onnx.ModelProto | AnalyzedModel, wrt: str | None) -> str:
         return wrt
     floats = [vi.name for vi in vis if np.issubdtype(input_spec(vi)[1], np.floating)]
     if not floats:
+        # onnx maps bfloat16 and the float8 types to numpy's integer containers
+        exotic = [
+            f"'{vi.name}' ({onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)})"
+            for vi in vis
+            if vi.type.tensor_type.elem_type in _UNSUPPORTED_FLOATS
+        ]
+        if exotic:
+            raise InputError(
+                f"The model's float input(s) {', '.join(exotic)} have a type onnxscope does not "
+                "interpret (float16, float32 and float64 only); convert the model to float32 first."
+            )
         raise InputError(f"The model has no float input to interpret; its inputs are {names}.")
     return floats[0]

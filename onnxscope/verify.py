@@ -106,7 +106,7 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
     )
     f, c = _flat(it.outputs), _flat(it.biases)
     f_wiggled = _flat(it.plain_outputs(wiggle(x)))
-    norm = np.linalg.norm
+    norm = _norm
     errors = {"reconstruction": _ratio(norm(f - (ax + c)), norm(f))}
     noise = {"reconstruction": _ratio(norm(f_wiggled - f), norm(f))}
     conditioning = _ratio(norm(ax) + norm(c), norm(f)) if norm(f) or norm(ax) + norm(c) else 1.0
@@ -141,6 +141,15 @@ def _rounded_otherwise(v: np.ndarray, rng) -> np.ndarray:
     eps = np.finfo(v.dtype).eps
     signs = rng.choice(np.array([-1.0, 1.0]), size=v.shape)
     return (v.astype(np.float64) * (1.0 + eps * signs)).astype(v.dtype)
+
+
+def _norm(v: np.ndarray) -> float:
+    """‖v‖ without overflow: float64 norms of float64 outputs near the dtype's limits (a MaxPool
+    window of padding only outputs -1.8e308) would be inf."""
+    top = float(np.max(np.abs(v))) if v.size else 0.0
+    if top == 0.0 or not np.isfinite(top):
+        return top
+    return top * float(np.linalg.norm(v / top))
 
 
 def _ratio(num: float, den: float) -> float:
