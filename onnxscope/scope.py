@@ -199,16 +199,23 @@ def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
                 + (" (real values only)." if kind == "c" else ".")
             )
         array = array.astype(dtype)
-    # min and max are NaN when any element is (and infinite when one is): no boolean temporary
-    if (
-        np.issubdtype(array.dtype, np.floating)
-        and array.size
-        and not (np.isfinite(array.min()) and np.isfinite(array.max()))
-    ):
+    if not _finite(array):
         raise InputError(f"Input '{name}' contains NaN or infinite values.")
     array = np.require(array, requirements="C")  # keeps 0-d arrays 0-d
     array.flags.writeable = False
     return array
+
+
+def _finite(array: np.ndarray) -> bool:
+    # min and max are NaN when any element is (and infinite when one is): no boolean temporary
+    if not (np.issubdtype(array.dtype, np.floating) and array.size):
+        return True
+    return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
+
+
+def _check_finite(what: str, array: np.ndarray) -> None:
+    if not _finite(array):
+        raise InputError(f"The {what} contains NaN or infinite values.")
 
 
 def _is_int(value) -> bool:
@@ -289,9 +296,12 @@ class Interpretation:
         z = np.asarray(z, dtype=self.x.dtype)
         lead = _leading(z.shape, self.x.shape, "probe")
         flat = z.reshape(-1, *self.x.shape)
+        _check_finite("probe z", flat)
         out = self._batched(
             self._s.linear, self._s.artifacts.linear_imports, {self._s.artifacts.probe: flat}
         )
+        for name in self.output_names:
+            self._check_result(f"A_x z (output '{name}')", out[name])
         return {n: out[n].reshape((*lead, *self.outputs[n].shape)) for n in self.output_names}
 
     def apply(self, z: np.ndarray):
@@ -324,7 +334,10 @@ class Interpretation:
             for n in self.output_names
         }
         feeds = {arts.adjoint_probes[n]: v for n, v in flat.items()}
+        for value in flat.values():
+            _check_finite("cotangent w", value)
         out = self._batched(self._s.adjoint, arts.adjoint_imports, feeds)[self.scope.wrt]
+        self._check_result("A_x^T w", out)
         return out.reshape((*lead, *self.x.shape))
 
     def apply_T(self, w) -> np.ndarray:
@@ -448,6 +461,15 @@ class Interpretation:
         session.run_with_iobinding(binding)
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
+    def _check_result(self, what: str, value: np.ndarray) -> None:
+        """A reading of finite probes is finite unless the model's weights are not."""
+        if _finite(value):
+            return
+        raise OnnxscopeError(
+            f"{what} is not finite although the probes are: the model computes with infinite "
+            f"or NaN values on the input's path.{_nonfinite_weights(self.scope.model)}"
+        )
+
     def _output_name(self, output: str | None) -> str:
         """`output` checked against the model's outputs; the only one when None."""
         if output is None:
@@ -527,7 +549,7 @@ def _read_only(array) -> np.ndarray:
 
 
 def _nonfinite_weights(model: onnx.ModelProto) -> str:
-    """' Initializer(s) ... hold NaN values.' for the weights that do, else ''."""
+    """' Initializer(s) ... hold NaN or infinite values.' for the weights that do, else ''."""
     from onnx import numpy_helper
 
     bad = []
@@ -536,6 +558,6 @@ def _nonfinite_weights(model: onnx.ModelProto) -> str:
             value = numpy_helper.to_array(init)
         except Exception:  # external data not loaded, exotic types: nothing to say
             continue
-        if np.issubdtype(value.dtype, np.floating) and np.isnan(value).any():
+        if not _finite(value):
             bad.append(init.name)
-    return f" Initializer(s) {bad} hold NaN values." if bad else ""
+    return f" Initializer(s) {bad} hold NaN or infinite values." if bad else ""

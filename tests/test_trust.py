@@ -314,3 +314,17 @@ def test_nan_weights_are_named():
     model = make_model(["u = MatMul(x, W)", "y = Relu(u)"], {"x": (1, 3)}, inits={"W": w})
     with pytest.raises(OnnxscopeError, match=r"NaN.*'W'"):
         onnxscope.LinearScope(model).interpret(np.ones((1, 3), F32))
+
+
+def test_infinite_weights_are_named_in_the_readings():
+    """An infinite weight on the input's path: F(x) may stay finite (Relu cuts it), A_x z not."""
+    w = RNG.standard_normal((3, 3)).astype(F32)
+    w[0, 0] = np.inf
+    model = make_model(["u = MatMul(x, W)", "y = Relu(u)"], {"x": (1, 3)}, inits={"W": w})
+    it = onnxscope.LinearScope(model).interpret(np.array([[-1.0, 0.5, 0.5]], F32))
+    with pytest.raises(OnnxscopeError, match=r"not finite.*'W'"):
+        it.rows([0, 1, 2])
+    with pytest.raises(OnnxscopeError, match=r"not finite.*'W'"):
+        it.columns([0])
+    with pytest.raises(InputError, match="probe z"):
+        it.apply(np.full((1, 1, 3), np.nan, F32))
