@@ -92,6 +92,14 @@ class GraphBuilder:
             return self.op(op_type, [x, self.ints(axes, "axes")], hint, keepdims=int(keepdims))
         return self.op(op_type, [x], hint, axes=list(axes), keepdims=int(keepdims))
 
+    def equal(self, x: str, y: str, hint="equal") -> str:
+        """x == y elementwise; Equal takes floats only from opset 11, so below as not(x > y or
+        x < y) (the same for every pair of numbers, NaN aside)."""
+        if self.opset >= 11:
+            return self.op("Equal", [x, y], hint)
+        sides = [self.op("Greater", [x, y]), self.op("Less", [x, y])]
+        return self.op("Not", [self.op("Or", sides)], hint)
+
     def reshape(self, x: str, shape: Sequence[int], hint="") -> str:
         return self.op("Reshape", [x, self.ints(shape)], hint or "reshape")
 

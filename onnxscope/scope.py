@@ -54,6 +54,14 @@ class _Sessions:
     def adjoint(self):
         return None if self.artifacts.adjoint is None else self._make(self.artifacts.adjoint)
 
+    def jittered(self, model: AnalyzedModel):
+        """The mask graph with its intermediate tensors jittered (verify's noise floor)."""
+        if getattr(self, "_jittered", None) is None:
+            from .verify import jittered_model
+
+            self._jittered = self._make(jittered_model(self.artifacts.mask, model))
+        return self._jittered
+
     def expected_shapes(self, model: AnalyzedModel) -> list[tuple[str, list[int]]]:
         """(mask graph output, static shape) for every model output and mask of the rewrite
         (`model` is the analysis it was built from), computed once."""
@@ -421,11 +429,13 @@ class Interpretation:
             return self._s.artifacts.adjoint_error or "no adjoint graph"
         return None
 
-    def plain_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """F at another value of the interpreted input (the other inputs as given), from the
-        mask graph's own outputs; this interpretation is left as it is."""
+    def jittered_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """F at another value of the interpreted input (the other inputs as given), with every
+        intermediate tensor rounded another way (`verify.jittered_model`): a measure of the
+        model's own float noise. This interpretation is left as it is."""
         feeds = {**self.inputs, self.scope.wrt: np.ascontiguousarray(x, dtype=self.x.dtype)}
-        return dict(zip(self.output_names, self._s.mask.run(self.output_names, feeds)))
+        session = self._s.jittered(self.model)
+        return dict(zip(self.output_names, session.run(self.output_names, feeds)))
 
     # -- plumbing ------------------------------------------------------------------------------
     def _batched(self, session, imports, stacked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

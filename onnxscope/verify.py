@@ -12,11 +12,12 @@ floor measured in the same run, so that `verify` says neither "ok" on a wrong an
   (A z exactly 0) is not a failure unless Aᵀw disagrees.
 
 Noise floors: float arithmetic cannot evaluate a map more exactly than the map moves when its
-argument is perturbed at its own precision. So each check also runs its map at the argument
-rounded differently (each element scaled by 1 ± eps, eps the dtype's machine epsilon): the model
-at x̃ (`noise["reconstruction"]`: the model's own float noise, which bounds how exactly any
-float32 evaluation can reproduce F(x)), A_x at z̃₁ and A_xᵀ at w̃ (the noise of the linear and
-adjoint graphs themselves), each in the units of its error. A check passes when its error is at
+argument is perturbed at its own precision. So each check also runs its map rounded otherwise
+(each element scaled by 1 ± eps, eps the dtype's machine epsilon): the model at x̃ with every
+intermediate tensor so perturbed too (`noise["reconstruction"]`: the model's own float noise,
+which bounds how exactly any float evaluation can reproduce F(x); `jittered_model`), A_x at z̃₁
+and A_xᵀ at w̃ (the noise of the linear and adjoint graphs themselves), each in the units of
+its error. A check passes when its error is at
 most max(tol, NOISE_FACTOR × its noise): an exact rewrite of a deep, cancelling net (a Gemm over
 50,176 inputs at a random x) passes at its model's own precision, and a map that is zero up to
 rounding (GlobalAveragePool of an InstanceNorm) passes, while a wrong answer, off by far more than
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 
 if TYPE_CHECKING:
     from .scope import Interpretation
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 # a check passes when its error is at most max(tol, NOISE_FACTOR x its measured noise floor)
 NOISE_FACTOR = 8.0
 DEFAULT_TOL = 1e-5
+JITTER = 12345.678  # sin(JITTER * t): a pseudo-random sign per element of a tensor t
+EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}
 
 
 class Verification(Mapping):
@@ -105,7 +109,7 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
         _flat({n: v[k] for n, v in images.items()}) for k in range(5)
     )
     f, c = _flat(it.outputs), _flat(it.biases)
-    f_wiggled = _flat(it.plain_outputs(wiggle(x)))
+    f_wiggled = _flat(it.jittered_outputs(wiggle(x)))
     norm = _norm
     errors = {"reconstruction": _ratio(norm(f - (ax + c)), norm(f))}
     noise = {"reconstruction": _ratio(norm(f_wiggled - f), norm(f))}
@@ -131,6 +135,44 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
         errors["adjoint"] = _ratio(gap, scale)
         noise["adjoint"] = _ratio(floor, scale)
     return Verification(errors, noise, float(conditioning), tol, adjoint_error)
+
+
+def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
+    """`model` (a graph of the analysed model's tensors, such as the mask graph) with every
+    float32/float64 tensor a node computes multiplied by 1 + eps * sin(JITTER * t), eps the
+    dtype's machine epsilon: the same computation with each intermediate rounded another way,
+    pseudo-randomly per element (ONNX Runtime lacks RandomUniformLike at opset 22). How far its
+    outputs move is the model's own float noise, including what the rounding of an intermediate
+    does downstream (logits -x - 20000 are only known to ulp(20000))."""
+    from .builder import GraphBuilder
+    from .model import default_opset, graph_names
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    b = GraphBuilder(default_opset(out), graph_names(graph), "onnxscope_jitter/")
+    nodes = []
+    for node in list(graph.node):
+        nodes.append(node)
+        for j, name in enumerate(node.output):
+            try:
+                dtype = np.dtype(analysis.dtype(name))
+            except Exception:  # a tensor of the rewrite's own, or without static facts
+                continue
+            if not name or dtype not in (np.float32, np.float64):
+                continue
+            raw = b.fresh(name)
+            node.output[j] = raw
+            jitter, eps, one = (b.const(np.asarray(v, dtype)) for v in (JITTER, EPS[dtype], 1))
+            start = len(b.nodes)
+            wave = b.op("Sin", [b.op("Mul", [raw, jitter])], "wave")
+            scale = b.op("Add", [b.op("Mul", [wave, eps]), one], "scale")
+            b.op("Mul", [raw, scale], outputs=[name])
+            nodes.extend(b.nodes[start:])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(b.initializers.values())
+    return out
 
 
 def _rounded_otherwise(v: np.ndarray, rng) -> np.ndarray:

@@ -92,9 +92,9 @@ def d(v):
 # -- naive numpy references for the masks ------------------------------------------------------
 
 try:  # below |u| < eps a secant unit's gain is its limit at 0
-    from onnxscope.rules.units import SATURATION, SECANT_EPS
+    from onnxscope.rules.units import SATURATION, SECANT_EPS, SOFTMAX_TAIL
 except ImportError:  # pragma: no cover
-    SECANT_EPS, SATURATION = 1e-4, 16
+    SECANT_EPS, SATURATION, SOFTMAX_TAIL = 1e-4, 16, -3.32
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -237,13 +237,16 @@ def softmax_view(e, unit, u, axes):
 
 
 def softmax_ref(unit, u, axes):
-    # centred on the first maximum: y = g * v + 1/S with g = (y - 1/S) / v, limit 1/S at v = 0
+    # centred on the first maximum: y = g * v + 1/S with g = (y - 1/S) / v, limit 1/S at v = 0;
+    # the far tail v < SOFTMAX_TAIL frozen whole
     def ref(e):
         v, first, total = softmax_view(e, unit, u, axes)
         y = e[unit].astype(np.float64)
         with np.errstate(all="ignore"):
             g = np.where(np.abs(v) < SECANT_EPS, 1 / total, (y - 1 / total) / v)
-        return {(unit, "gain"): g, (unit, "intercept"): 1 / total, (unit, "reference"): first}
+        tail = v < SOFTMAX_TAIL  # frozen whole: gain 0, intercept y
+        g, b = np.where(tail, 0, g), np.where(tail, y, 1 / total)
+        return {(unit, "gain"): g, (unit, "intercept"): b, (unit, "reference"): first}
 
     return ref
 

@@ -328,3 +328,47 @@ def test_infinite_weights_are_named_in_the_readings():
         it.columns([0])
     with pytest.raises(InputError, match="probe z"):
         it.apply(np.full((1, 1, 3), np.nan, F32))
+
+
+@pytest.mark.parametrize("spread", [1e3, 3.0])
+def test_softmax_of_offset_logits_within_the_models_own_noise(spread):
+    """Logits -x - 20000 are known to ulp(20000) = 0.002 only, in the model itself. The far tail
+    is frozen whole (the secant would amplify that rounding: exact at spread 1e3); nearer
+    elements keep their gains and agree with the model to its own noise, which verify measures
+    by rounding every intermediate tensor otherwise (the input alone would not move them)."""
+    model = make_model(
+        ["t = Neg(x)", "u = Add(t, c)", "y = Softmax <axis=0> (u)"],
+        {"x": (1, 1, 3, 3)},
+        inits={"c": F32(-20000)},
+        opset=11,
+    )
+    x = (np.random.default_rng(0).standard_normal((1, 1, 3, 3)) * spread).astype(F32)
+    it = onnxscope.LinearScope(model).interpret(x)
+    v = it.verify()
+    assert v.ok, v.as_dict()
+    if spread > 100:
+        assert v["reconstruction"] == 0
+    else:
+        assert v.noise["reconstruction"] > 1e-4  # the model's own: 0.002 on logits of O(1)
+        assert np.abs(it.apply(x[None])[0]).max() > 0.1  # gains kept near the maximum
+
+
+def test_a_confident_softmax_keeps_its_gains():
+    """Probabilities 0.86 / 0.05 / ...: elements above 3.6 % of the maximum keep their secant
+    gains (the tail frozen whole starts lower), so A_x of a classifier's softmax is not 0."""
+    logits = np.log(np.array([[0.86, 0.05, 0.044, 0.03, 0.016]], F32))
+    it = onnxscope.LinearScope(make_model(["y = Softmax(x)"], {"x": (1, 5)})).interpret(logits)
+    gains = next(m for k, m in it.masks.items() if "gain" in k).ravel()
+    assert np.all(gains[:3] > 0) and np.all(gains[3:] == 0)
+    assert it.verify().ok
+
+
+@pytest.mark.parametrize(
+    "node", ["y = GlobalMaxPool(x)", "y = ReduceMax <axes=[2,3]> (x)", "y = ReduceMin(x)"]
+)
+def test_selections_before_opset_11(node):
+    """Equal takes floats only from opset 11: the first-extreme search uses Greater/Less below
+    (found by tests/test_properties.py)."""
+    x = np.random.default_rng(3).standard_normal((1, 2, 3, 3)).astype(F32)
+    it = onnxscope.LinearScope(make_model([node], {"x": x.shape}, opset=10)).interpret(x)
+    assert it.verify().ok

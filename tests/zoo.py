@@ -875,6 +875,8 @@ def as_function(module: nn.Module, others: dict) -> nn.Module:
 # is its own choice, not a property of the network.
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
+from onnxscope.rules.units import SOFTMAX_TAIL  # noqa: E402
+
 
 def _secant(fn):
     def frozen(u, *args, **kwargs):
@@ -925,7 +927,8 @@ def _softmax(u, dim, *args, **kwargs):
     v0 = v[:1]
     near = v0.abs() < 1e-12
     gain = torch.where(near, torch.ones_like(v0), torch.expm1(v0) / torch.where(near, 1, v0))
-    return gain / total * v + 1 / total
+    tail = v0 < SOFTMAX_TAIL  # the far tail frozen whole
+    return torch.where(tail, torch.exp(v0) / total, gain / total * v + 1 / total)
 
 
 def _log_softmax(u, dim, *args, **kwargs):

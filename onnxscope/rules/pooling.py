@@ -272,7 +272,7 @@ class ReduceSelection(Selection):
             m.add("argmax", index)
             return
         extreme = m.b.reduce(op, u, axes, True, "extreme")
-        hits = m.b.op("Where", [m.b.op("Equal", [u, extreme]), index, m.b.const(np.int64(numel))])
+        hits = m.b.op("Where", [m.b.equal(u, extreme), index, m.b.const(np.int64(numel))])
         m.add("argmax", m.b.reduce("ReduceMin", hits, axes, keep, "argmax"))
 
 

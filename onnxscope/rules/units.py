@@ -92,12 +92,8 @@ def _onnx_type(dtype) -> int:
 
 
 def is_zero(m, u: str) -> str:
-    """u == 0 (Equal takes floats only from opset 11)."""
-    zero = m.b.const(np.asarray(0, m.dtype(u)))
-    if m.b.opset >= 11:
-        return m.b.op("Equal", [u, zero], "at_zero")
-    sides = [m.b.op("Greater", [u, zero]), m.b.op("Less", [u, zero])]
-    return m.b.op("Not", [m.b.op("Or", sides)], "at_zero")
+    """u == 0."""
+    return m.b.equal(u, m.b.const(np.asarray(0, m.dtype(u))), "at_zero")
 
 
 def _greater(m, u, threshold) -> str:
@@ -171,7 +167,7 @@ def _three_state(m, v: str, lo: str | None, hi: str | None) -> str:
         at_hi = m.b.op("Not", [m.b.op("Less", [v, hi], "below_hi")], "at_hi")
         state = m.b.op("Where", [at_hi, piece(2), state], "state")
     if lo is None and hi is None:  # no bounds: always inside
-        state = m.b.op("Cast", [m.b.op("Equal", [v, v])], "state", to=2)
+        state = m.b.op("Cast", [m.b.equal(v, v)], "state", to=2)
     return state
 
 
@@ -415,6 +411,19 @@ class Pow(PowerUnit):
 # --- softmax and log-softmax: centred on their frozen maximum -------------------------------
 
 
+def _tail_start(ratio: float) -> float:
+    """The v < 0 where exp's secant slope from 0, (1 - e^v)/|v|, is `ratio` times e^v."""
+    lo, hi = -50.0, -1e-6  # the ratio grows monotonically as v falls
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (1 - math.exp(mid)) / (-mid * math.exp(mid)) > ratio else (lo, mid)
+    return (lo + hi) / 2
+
+
+TAIL_AMPLIFICATION = 8.0
+SOFTMAX_TAIL = _tail_start(TAIL_AMPLIFICATION)  # about -3.32: below 3.6 % of the maximum
+
+
 def softmax_axes(node, rank: int, opset: int) -> list[int]:
     if opset < 13:  # the input is read as 2-D: [prod(s[:axis]), prod(s[axis:])]
         return list(range(normalize_axis(attr(node, "axis", 1), rank), rank))
@@ -425,9 +434,10 @@ class CentredSoftmax(Rule):
     """Softmax and LogSoftmax, written around the element k that was largest at x (ties: the
     first). Both are shift-invariant, and so is this form: with v = u - u_k (a selection, so
     linear in u) softmax(u) = exp(v) / S and log softmax(u) = v - log S, S = sum exp(v) frozen.
-    Since v <= 0 and S >= 1, every term is bounded by the output itself: no exp(-LSE) intercept
-    of 1e8 cancelling against A_x x for logits near -20, and a -inf logit (a masked attention
-    score) has v = -inf, exp(v) = 0 and gain 0.
+    Since v <= 0 and S >= 1, no term exceeds 1: no exp(-LSE) intercept of 1e8 cancelling
+    against A_x x for logits near -20. Softmax freezes its far tail (v < SOFTMAX_TAIL) whole,
+    where the secant would amplify the model's own rounding of u; a -inf logit (a masked
+    attention score) is in that tail with output 0.
 
     Tensors are viewed as [pre, n, post] with the softmax axes (contiguous) in the middle; the
     masks keep that view: "reference" (bool, the one-hot of k) and the rule's own values.
@@ -483,8 +493,9 @@ class CentredSoftmax(Rule):
 @register("Softmax")
 class Softmax(CentredSoftmax):
     # softmax(u) = exp(v)/S with S frozen and exp(v) = g*v + 1 (secant): y = (g/S)*v + 1/S.
-    # The gain mask holds g/S = (exp(v) - 1)/(v S), limit 1/S at v = 0; the intercept is 1/S.
-    frozen = "first maximum (bool), secant gain (float), intercept 1/S (float)"
+    # The gain mask holds g/S = (exp(v) - 1)/(v S), limit 1/S at v = 0; the intercept is 1/S
+    # (y in the frozen tail).
+    frozen = "first maximum (bool), secant gain (float), intercept (float: 1/S, y in the tail)"
 
     def frozen_values(self, node, m, v, y) -> None:
         dtype = m.dtype(node.input[0])
@@ -498,18 +509,21 @@ class Softmax(CentredSoftmax):
         small = m.b.op("Mul", [m.b.op("Where", [near_0, k(1), small]), inv_s], "gain_small")
         large = m.b.op("Div", [m.b.op("Sub", [y, inv_s]), v], "gain_large")
         near = m.b.op("Less", [m.b.op("Abs", [v]), k(1.0)], "near_zero")
-        m.add("gain", m.b.op("Where", [near, small, large], "gain"))
-        m.add("intercept", inv_s)
+        gain = m.b.op("Where", [near, small, large], "gain")
+        # the tail v < SOFTMAX_TAIL is frozen whole (gain 0, intercept y): there the secant's
+        # slope is over TAIL_AMPLIFICATION times exp's own, so it would amplify the model's own
+        # rounding of u that much; a -inf score (masked attention) lands here with y = 0
+        tail = m.b.op("Less", [v, k(SOFTMAX_TAIL)], "tail")
+        m.add("gain", m.b.op("Where", [tail, k(0), gain], "gain"))
+        m.add("intercept", m.b.op("Where", [tail, y, inv_s], "intercept"))
 
     def linear(self, node, c) -> None:
         gain = c.mask("gain")
         y = c.b.op("Mul", [self.centred(c), gain], "y")
-        if c.affine:
-            y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
-            # a -inf score (masked attention) has gain 0 and output 0: g*v -> -1/S as v -> -inf,
-            # so its intercept is 0 too (and 0 * -inf is no number at all)
+        if c.affine:  # 0 * -inf is no number: a frozen element's term is 0 whatever v is
             live = c.b.op("Greater", [gain, c.const(0)], "live")  # gain >= 0 (Equal: opset 11)
             y = c.b.op("Where", [live, y, c.const(0)], "y_finite")
+            y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
         c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
 
     def adjoint(self, node, a) -> None:
