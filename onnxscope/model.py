@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .errors import InputError, ModelError
 
@@ -35,6 +35,8 @@ RANDOM_OPS = {
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Read a model (file path or ModelProto) and validate it; never writes to the source."""
+    from .weights import checkable, weights_for
+
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
@@ -52,7 +54,15 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if not model.graph.node:
         raise ModelError("The model has no nodes; is it an ONNX model file?")
     try:
-        onnx.checker.check_model(model)
+        # on the path when there is one (the checker serializes a proto, which fails past 2 GB,
+        # and the path lets it check the external data files); else on the model with its large
+        # weights left out, which is small whatever their size
+        if isinstance(source, onnx.ModelProto):
+            onnx.checker.check_model(checkable(weights_for(model).light))
+        else:
+            onnx.checker.check_model(os.fspath(source))
+    except ModelError:
+        raise
     except Exception as exc:
         # deprecated ops (GroupNormalization-18, Upsample) still run in ONNX Runtime: keep them
         if "deprecated" not in str(exc).lower():
@@ -143,8 +153,13 @@ class AnalyzedModel:
         input_shapes: Mapping[str, tuple[int, ...]],
         values: Mapping[str, np.ndarray] | None = None,
     ):
+        from .weights import weights_for
+
         self.model = model
-        self.graph = model.graph
+        # the model with its large initializers as stubs of one shared store (onnxscope.weights):
+        # every graph made from it refers to the weights instead of copying them
+        self.weights = weights_for(model)
+        self.graph = self.weights.light.graph
         self.opset = default_opset(model)
         self.input_shapes = dict(input_shapes)
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -189,7 +204,7 @@ class AnalyzedModel:
     def static_value(self, name: str) -> np.ndarray:
         """The value of a static tensor (weights, constants, shape computations)."""
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return self.weights.value(self.initializers[name])
         self.info  # noqa: B018  (makes sure the run happened)
         if name in self._facts[1]:
             return self._facts[1][name]
@@ -233,7 +248,7 @@ class AnalyzedModel:
         from .runtime import ort, session_options
 
         fixed = onnx.ModelProto()
-        fixed.CopyFrom(self.model)
+        fixed.CopyFrom(self.weights.light)
         graph = fixed.graph
         for vi in graph.input:
             if vi.name in self.input_shapes:
@@ -246,13 +261,17 @@ class AnalyzedModel:
         del graph.value_info[:], graph.output[:]
         graph.output.extend(onnx.ValueInfoProto(name=o) for o in dict.fromkeys(exposed))
         feeds = self.analysis_feeds()
-        opts = session_options(optimize=False)
-        # ORT's memory-pattern planning costs O(n^2) in leaf outputs on the first run (20k
-        # masks: 10 s); one run gains nothing from it
-        opts.enable_mem_pattern = False
+
+        def options():
+            opts = session_options(optimize=False)
+            # ORT's memory-pattern planning costs O(n^2) in leaf outputs on the first run (20k
+            # masks: 10 s); one run gains nothing from it
+            opts.enable_mem_pattern = False
+            return opts
+
         try:
-            sess = ort.InferenceSession(
-                fixed.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            sess = self.weights.session(
+                fixed, options, ["CPUExecutionProvider"], make=ort.InferenceSession
             )
             names = [o.name for o in sess.get_outputs()]
             values = sess.run(names, feeds)

@@ -13,6 +13,7 @@ constant (weights, shape computations) embedded in the linear graph, or a runtim
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
 from .model import CONTROL_FLOW_OPS, AnalyzedModel, graph_names, subgraph_reads
 from .peephole import fold_frozen_factors
 from .registry import Plan, rule_for
+from .weights import LOCATION, Weights, checkable
 
 PROBE = "probe"
 SELECTOR = "selector"
@@ -143,6 +145,7 @@ class Artifacts:
     rewrite: Rewrite | None = field(default=None, repr=False)  # builds optional graphs later
     probe: str = PROBE  # the linear graph's probe input (renamed when the model uses "probe")
     selector: str = SELECTOR  # the bias-by-layer graph's selector input
+    weights: Weights | None = field(default=None, repr=False)  # the data of the graphs' stubs
 
     def graphs(self) -> dict[str, onnx.ModelProto]:
         """Every graph `files()` writes, by file name."""
@@ -156,15 +159,24 @@ class Artifacts:
         """Check every graph (the ONNX checker, then an ONNX Runtime session); raise a ModelError
         naming the first that fails."""
         for name, model in (graphs or self.graphs()).items():
-            validate_graph(model, f"{name.removesuffix('.onnx')} graph ({name})")
+            validate_graph(model, f"{name.removesuffix('.onnx')} graph ({name})", self.weights)
 
-    def files(self) -> dict[str, bytes]:
-        """The serialized graphs and manifest, each graph validated first: nothing is returned
-        (so nothing written) unless every one loads in ONNX Runtime."""
+    def files(self) -> dict[str, bytes | Callable[[str], None]]:
+        """The serialized graphs, weights.bin (when a graph has large weights: every graph
+        refers to its one copy, as external data) and the manifest, each graph validated first:
+        nothing is returned (so nothing written) unless every one loads in ONNX Runtime.
+        weights.bin is a function that streams the file to a path (outputs.publish_folder)."""
         graphs = self.graphs()
         self.validate(graphs)
-        files = {name: model.SerializeToString() for name, model in graphs.items()}
-        files["manifest.json"] = json.dumps(self.manifest, indent=2).encode()
+        write, size = None, 0
+        if self.weights is not None:
+            graphs, write, size = self.weights.pack(graphs)
+        files: dict = {name: model.SerializeToString() for name, model in graphs.items()}
+        manifest = dict(self.manifest)
+        if write is not None:
+            files[LOCATION] = write
+            manifest["weights"] = {"file": LOCATION, "bytes": size}
+        files["manifest.json"] = json.dumps(manifest, indent=2).encode()
         return files
 
     def scope_prefixes(self) -> dict[str, str]:
@@ -204,6 +216,9 @@ class Artifacts:
         # ONNX Runtime's load-time inference takes at its word
         open_dims = {o.name for o in self.mask.graph.output if not _known_shape(o)}
         b = GraphBuilder(model_opset, graph_names(self.mask.graph))
+        # one initializer per weight: a twin's stub of data the graph already has is renamed to
+        # the one there (ONNX Runtime would otherwise make a session copy for each name)
+        stubs = {_stub_key(t): t.name for t in graph.initializer if _stub_key(t)}
         for role, twin, imports in twins:
             prefix = prefixes[role]
             twin = onnx.compose.add_prefix(twin, prefix)
@@ -215,11 +230,20 @@ class Artifacts:
                     shape = _vi_type(vi)[1]
                     b.op("Reshape", [feeds[vi.name], b.ints(shape)], outputs=[vi.name])
                     feeds[vi.name] = vi.name
+            kept = []
+            for t in twin.graph.initializer:
+                key = _stub_key(t)
+                if key in stubs:
+                    feeds[t.name] = stubs[key]
+                else:
+                    kept.append(t)
+                    if key:
+                        stubs[key] = t.name
             for node in twin.graph.node:
                 node.input[:] = [feeds.get(i, i) for i in node.input]
             graph.node.extend(b.nodes[start:])
             graph.node.extend(twin.graph.node)
-            graph.initializer.extend(twin.graph.initializer)
+            graph.initializer.extend(kept)
             graph.input.extend(i for i in twin.graph.input if i.name not in feeds)
             graph.output.extend(twin.graph.output)
         graph.initializer.extend(b.initializers.values())
@@ -262,6 +286,10 @@ class Rewrite:
         else:
             manifest["adjoint_unavailable"] = adj_error
         self._records, self._taken = records, taken
+        # large constants the rules made join the model's weights in the store
+        for graph_model in (mask_model, lin_model, bias_model, adjoint):
+            if graph_model is not None:
+                m.weights.externalize(graph_model.graph)
         return Artifacts(
             mask_model,
             lin_model,
@@ -276,6 +304,7 @@ class Rewrite:
             rewrite=self,
             probe=self.probe,
             selector=self.selector,
+            weights=m.weights,
         )
 
     # -- mask graph ----------------------------------------------------------------------------
@@ -441,7 +470,8 @@ class Rewrite:
             b.nodes, "bias_layers", inputs, outputs, list(b.initializers.values())
         )
         model = _model_like(m.model, graph, "bias by layer")
-        validate_graph(model, "bias-by-layer graph")
+        m.weights.externalize(model.graph)
+        validate_graph(model, "bias-by-layer graph", m.weights)
         return model, dict(c.imports), labels
 
     def _adjoint(self, records, taken):
@@ -502,7 +532,7 @@ class Rewrite:
             return {}
         graph = self._mask_graph()
         graph.output.extend(onnx.ValueInfoProto(name=o) for o in made)
-        sess = _session(_model_like(m.model, graph, "mask"), "mask graph")
+        sess = _session(_model_like(m.model, graph, "mask"), "mask graph", m.weights)
         values = sess.run(made, m.analysis_feeds())
         return {o: (v.dtype, list(v.shape)) for o, v in zip(made, values)}
 
@@ -536,17 +566,22 @@ class Rewrite:
         }
 
 
-def _session(model: onnx.ModelProto, role: str):
+def _session(model: onnx.ModelProto, role: str, weights: Weights | None = None):
     """A CPU session of one of onnxscope's graphs (no graph optimizations: only loading is
-    checked), or a ModelError naming the graph."""
+    checked), its stubs fed from `weights`, or a ModelError naming the graph."""
     from .runtime import ort, session_options
 
-    opts = session_options(optimize=False)
-    opts.enable_mem_pattern = False  # (see AnalyzedModel._run_once)
+    def options():
+        opts = session_options(optimize=False)
+        opts.enable_mem_pattern = False  # (see AnalyzedModel._run_once)
+        return opts
+
     try:
-        return ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
+        if weights is None:
+            return ort.InferenceSession(
+                model.SerializeToString(), options(), providers=["CPUExecutionProvider"]
+            )
+        return weights.session(model, options, ["CPUExecutionProvider"], ort.InferenceSession)
     except Exception as exc:
         raise ModelError(_invalid(role, "does not load in ONNX Runtime", exc)) from None
 
@@ -559,17 +594,24 @@ def _invalid(role: str, what: str, exc: Exception) -> str:
     )
 
 
-def validate_graph(model: onnx.ModelProto, role: str) -> None:
+def validate_graph(model: onnx.ModelProto, role: str, weights: Weights | None = None) -> None:
     """The ONNX checker, then an ONNX Runtime session: a ModelError naming `role` if either
     fails. (The checker's full check is not the arbiter: ONNX's shape inference disagrees with
     the runtime on some ops, and the session runs the runtime's.)"""
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(checkable(model))  # (stubs as inputs: it cannot see their data)
     except Exception as exc:
         # deprecated ops the model itself uses (GroupNormalization-18, Upsample) still run
         if "deprecated" not in str(exc).lower():
             raise ModelError(_invalid(role, "is not valid ONNX", exc)) from None
-    _session(model, role)
+    _session(model, role, weights)
+
+
+def _stub_key(t: onnx.TensorProto) -> tuple | None:
+    """Where an external-data initializer's data lies (None for inline data)."""
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    return tuple(sorted((e.key, e.value) for e in t.external_data))
 
 
 def _outputs_of(nodes) -> list[str]:

@@ -32,8 +32,13 @@ class _Sessions:
     (a CUDA session holds its own cuBLAS and cuDNN handles: make only those that are needed)."""
 
     def __init__(self, artifacts: Artifacts, providers: list, threads: int | None = None):
-        opts = session_options(threads=threads)
-        make = lambda m: make_session(m.SerializeToString(), opts, providers)  # noqa: E731
+        weights = artifacts.weights
+        if weights is None:
+            opts = session_options(threads=threads)
+            make = lambda m: make_session(m.SerializeToString(), opts, providers)  # noqa: E731
+        else:  # the graphs' large weights from the one store, never serialized (weights.py)
+            options = functools.partial(session_options, threads=threads)
+            make = lambda m: weights.session(m, options, providers)  # noqa: E731
         self.artifacts = artifacts
         self.mask = make(artifacts.mask)
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]

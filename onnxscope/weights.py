@@ -1,0 +1,271 @@
+"""Large initializers held once and shared by every graph onnxscope builds.
+
+Without this, every artifact embedded its own copy of the weights (scope.onnx four), each
+session serialized its graph with them, and protobuf refuses any graph past 2 GB. Instead every
+initializer of at least THRESHOLD bytes lives once, as a numpy array in a `Weights` store, and
+the graphs hold ONNX external-data stubs for it (data_location=EXTERNAL, location "weights.bin",
+offset, length): the graphs stay small, and `rewrite -o DIR` writes weights.bin once beside them.
+Small tensors stay inline (shape inference and constant folding read them).
+
+In-process sessions get the arrays through SessionOptions, never by serializing them. Measured
+with onnxruntime 1.32 (CPU, a 381 MB MatMul weight, three sessions):
+- `add_initializer(name, OrtValue)` uses the array in place (no copy per session), but only with
+  prepacking off (MLAS packs a MatMul/Gemm weight into a copy of its own, and packed MatMuls are
+  about 2x faster at 16 probes), and it fails when a graph optimizer reads the weight (Conv's
+  NCHWc layout): ORT reads such a stub's file, here an empty placeholder (so a read can only fail,
+  never give wrong numbers).
+- `add_external_initializers` works with every optimizer and keeps prepacking, but copies the
+  data into each session.
+So a session shares the store's arrays where ORT takes them that way, and falls back to the
+copying form when ORT refuses.
+
+All this is for models whose large initializers add up to LARGE_BYTES: below, the graphs keep
+their weights inline (self-contained ModelProtos that any tool runs, and the files as before).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+THRESHOLD = 1024  # bytes: initializers at least this large are external
+LOCATION = "weights.bin"
+ALIGN = 64  # offsets in weights.bin (ORT mmaps the file; aligned rows suit its kernels)
+# Models with this much in large initializers get the store: one copy per graph and per session
+# of a model this big is what runs a machine out of memory (the cost: sessions share weights with
+# prepacking off, and in-memory graphs need the store to run)
+LARGE_BYTES = 256 << 20
+
+_stores: weakref.WeakValueDictionary[int, Weights] = weakref.WeakValueDictionary()
+
+
+def weights_for(model: onnx.ModelProto) -> Weights:
+    """The store of `model`'s large initializers, made once per model object (every input shape
+    of a LinearScope shares it). The store keeps the model alive, so its id cannot be reused."""
+    store = _stores.get(id(model))
+    if store is None or store.source is not model:
+        store = _stores[id(model)] = Weights(model)
+    return store
+
+
+def _external(t: onnx.TensorProto) -> dict[str, str] | None:
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    return {e.key: e.value for e in t.external_data}
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Every set field of message `src` into `dst`, except the one named `skip`."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+class Weights:
+    """The large initializers of one model (and large constants the rules make), each stored once
+    at an offset of a virtual weights.bin; `light` is the model with stubs in their place."""
+
+    def __init__(self, model: onnx.ModelProto):
+        from .errors import ModelError
+
+        self.source = model
+        self.size = 0
+        self._arrays: dict[int, np.ndarray] = {}  # offset -> the data, read-only
+        self._digests: dict[tuple, int] = {}  # content -> offset (constants made twice)
+        self._ortvalues: dict[int, object] = {}
+        big = [t for t in model.graph.initializer if _nbytes(t) >= THRESHOLD and not _external(t)]
+        self.large = sum(_nbytes(t) for t in big) >= LARGE_BYTES
+        if not self.large:  # the model as it is (see LARGE_BYTES)
+            self.light = model
+            return
+        self.light = onnx.ModelProto()
+        _copy_fields(model, self.light, skip="graph")
+        _copy_fields(model.graph, self.light.graph, skip="initializer")
+        for t in model.graph.initializer:
+            if _nbytes(t) >= THRESHOLD and _external(t) is None:
+                try:
+                    array = numpy_helper.to_array(t)
+                except Exception as exc:  # data of the wrong size, an unreadable type
+                    raise ModelError(
+                        f"The model is not valid ONNX: initializer '{t.name}': {exc}"
+                    ) from None
+                self.light.graph.initializer.append(self.stub(t.name, array, dedup=False))
+            else:
+                self.light.graph.initializer.append(t)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def stub(self, name: str, array: np.ndarray, dedup: bool = True) -> onnx.TensorProto:
+        """An external-data TensorProto for `array`, stored here (once, with `dedup`)."""
+        array = np.ascontiguousarray(array)
+        key = None
+        if dedup:
+            digest = hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).digest()
+            key = (array.dtype.str, array.shape, digest)
+        offset = self._digests.get(key) if key else None
+        if offset is None:
+            offset = self.size
+            array.flags.writeable = False
+            self._arrays[offset] = array
+            self.size = -(-(offset + array.nbytes) // ALIGN) * ALIGN
+            if key:
+                self._digests[key] = offset
+        dtype = helper.np_dtype_to_tensor_dtype(array.dtype)
+        return _make_stub(name, dtype, array.shape, offset, array.nbytes)
+
+    def _slot(self, t: onnx.TensorProto) -> int | None:
+        """The offset of the array a stub of this store refers to, else None."""
+        ext = _external(t)
+        if not ext or ext.get("location") != LOCATION:
+            return None
+        offset = int(ext.get("offset", 0))
+        array = self._arrays.get(offset)
+        if array is None or array.nbytes != int(ext.get("length", -1)):
+            return None
+        return offset
+
+    def value(self, t: onnx.TensorProto) -> np.ndarray:
+        """The value of an initializer: from this store for its stubs, else from the tensor."""
+        offset = self._slot(t)
+        return numpy_helper.to_array(t) if offset is None else self._arrays[offset]
+
+    def externalize(self, graph: onnx.GraphProto) -> None:
+        """Replace the graph's large inline initializers by stubs (identical ones share data)."""
+        if not self.large:
+            return
+        for i, t in enumerate(graph.initializer):
+            if _nbytes(t) >= THRESHOLD and _external(t) is None:
+                graph.initializer[i].CopyFrom(self.stub(t.name, numpy_helper.to_array(t)))
+
+    def stubs(self, model: onnx.ModelProto) -> dict[str, int]:
+        """Initializer name -> offset, for the stubs of this store in `model`."""
+        found = ((t.name, self._slot(t)) for t in model.graph.initializer)
+        return {name: offset for name, offset in found if offset is not None}
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _ortvalue(self, offset: int):
+        from .runtime import ort
+
+        if offset not in self._ortvalues:  # kept as long as the store: sessions use the memory
+            self._ortvalues[offset] = ort.OrtValue.ortvalue_from_numpy(self._arrays[offset])
+        return self._ortvalues[offset]
+
+    def session(self, model: onnx.ModelProto, options: Callable, providers, make=None):
+        """An ONNX Runtime session of `model` whose stubs read this store's arrays. `options()`
+        makes fresh SessionOptions (they are per session: initializers are added to them)."""
+        from .runtime import make_session
+
+        make = make or make_session
+        stubs = self.stubs(model)
+        data = model.SerializeToString()  # small: the weights are stubs
+        if not stubs:
+            return make(data, options(), providers)
+        opts = options()
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        folder = _placeholder_folder()
+        opts.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", folder
+        )
+        for name, offset in stubs.items():
+            opts.add_initializer(name, self._ortvalue(offset))
+        try:
+            return make(data, opts, providers)
+        except Exception:  # an optimizer read a weight: ORT copies it instead, below
+            opts = options()
+        names = list(stubs)
+        opts.add_external_initializers(names, [self._ortvalue(stubs[n]) for n in names])
+        return make(data, opts, providers)
+
+    # -- files ---------------------------------------------------------------------------------
+    def pack(self, graphs: dict[str, onnx.ModelProto]):
+        """(graphs, writer, size) for writing: copies of `graphs` whose stubs point into a
+        weights.bin holding only the arrays they use, and a function that streams that file."""
+        used = sorted({o for g in graphs.values() for o in self.stubs(g).values()})
+        where, size = {}, 0
+        for offset in used:
+            where[offset] = size
+            size = -(-(size + self._arrays[offset].nbytes) // ALIGN) * ALIGN
+        packed = {}
+        for name, model in graphs.items():
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            for t in copy.graph.initializer:
+                offset = self._slot(t)
+                if offset is not None:
+                    (entry,) = (e for e in t.external_data if e.key == "offset")
+                    entry.value = str(where[offset])
+            packed[name] = copy
+
+        def write(path: str) -> None:
+            with open(path, "xb") as f:
+                for offset in used:
+                    f.seek(where[offset])
+                    array = self._arrays[offset]
+                    view = memoryview(array.reshape(-1).view(np.uint8))
+                    for start in range(0, len(view), 64 << 20):  # streamed, no giant bytes
+                        f.write(view[start : start + (64 << 20)])
+                f.truncate(size)
+
+        return packed, (write if used else None), size
+
+
+def _make_stub(name: str, dtype: int, shape, offset: int, length: int) -> onnx.TensorProto:
+    t = onnx.TensorProto(name=name, data_type=dtype, dims=list(shape))
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", LOCATION), ("offset", offset), ("length", length)):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, str(value)
+    return t
+
+
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` for onnx.checker, whose stubs (files it cannot see) are graph inputs of
+    the same type and shape instead: every other part of the model is checked as it is."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    inputs = {vi.name for vi in out.graph.input}
+    for t in model.graph.initializer:
+        if _external(t) is None:
+            out.graph.initializer.append(t)
+        elif t.name not in inputs:
+            out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    return out
+
+
+_placeholder: list[str] = []
+
+
+def _placeholder_folder() -> str:
+    """A private folder holding an empty weights.bin: ONNX Runtime checks that a stub's file
+    exists before it takes the initializer given in its place, and any read of it fails."""
+    if not _placeholder:
+        folder = tempfile.mkdtemp(prefix="onnxscope-weights-")
+        open(os.path.join(folder, LOCATION), "xb").close()
+        atexit.register(shutil.rmtree, folder, True)
+        _placeholder.append(folder)
+    return _placeholder[0]
