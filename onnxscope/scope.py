@@ -33,12 +33,14 @@ class _Sessions:
 
     def __init__(self, artifacts: Artifacts, providers: list, threads: int | None = None):
         weights = artifacts.weights
-        if weights is None:
-            opts = session_options(threads=threads)
-            make = lambda m: make_session(m.SerializeToString(), opts, providers)  # noqa: E731
-        else:  # the graphs' large weights from the one store, never serialized (weights.py)
-            options = functools.partial(session_options, threads=threads)
-            make = lambda m: weights.session(m, options, providers)  # noqa: E731
+
+        def make(model, optimize: bool = True):
+            options = functools.partial(session_options, optimize, threads=threads)
+            if weights is None:
+                return make_session(model.SerializeToString(), options(), providers)
+            # the graphs' large weights from the one store, never serialized (weights.py)
+            return weights.session(model, options, providers)
+
         self.artifacts = artifacts
         self.mask = make(artifacts.mask)
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]
@@ -60,11 +62,13 @@ class _Sessions:
         return None if self.artifacts.adjoint is None else self._make(self.artifacts.adjoint)
 
     def jittered(self, model: AnalyzedModel):
-        """The mask graph with its intermediate tensors jittered (verify's noise floor)."""
+        """The mask graph with its intermediate tensors jittered (verify's noise floor), run
+        without graph optimizations: the model's own arithmetic, and no fusion to disturb."""
         if getattr(self, "_jittered", None) is None:
             from .verify import jittered_model
 
-            self._jittered = self._make(jittered_model(self.artifacts.mask, model))
+            graph = jittered_model(self.artifacts.mask, model)
+            self._jittered = self._make(graph, optimize=False)
         return self._jittered
 
     def expected_shapes(self, model: AnalyzedModel) -> list[tuple[str, list[int]]]:

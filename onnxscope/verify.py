@@ -139,7 +139,8 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
 
 def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
     """`model` (a graph of the analysed model's tensors, such as the mask graph) with every
-    float32/float64 tensor a node computes multiplied by 1 + eps * sin(JITTER * t), eps the
+    float32/float64 tensor that depends on the inputs (shape computations and constants left
+    as they are) multiplied by 1 + eps * sin(JITTER * t), eps the
     dtype's machine epsilon: the same computation with each intermediate rounded another way,
     pseudo-randomly per element (ONNX Runtime lacks RandomUniformLike at opset 22). How far its
     outputs move is the model's own float noise, including what the rounding of an intermediate
@@ -155,11 +156,11 @@ def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
     for node in list(graph.node):
         nodes.append(node)
         for j, name in enumerate(node.output):
-            try:
+            try:  # values that depend on the inputs; not shape computations or constants
                 dtype = np.dtype(analysis.dtype(name))
+                if not name or analysis.is_static(name) or dtype not in EPS:
+                    continue
             except Exception:  # a tensor of the rewrite's own, or without static facts
-                continue
-            if not name or dtype not in (np.float32, np.float64):
                 continue
             raw = b.fresh(name)
             node.output[j] = raw
