@@ -372,3 +372,19 @@ def test_selections_before_opset_11(node):
     x = np.random.default_rng(3).standard_normal((1, 2, 3, 3)).astype(F32)
     it = onnxscope.LinearScope(make_model([node], {"x": x.shape}, opset=10)).interpret(x)
     assert it.verify().ok
+
+
+def test_prelu_whose_slope_broadcasts_its_input():
+    """PRelu(u, slope[1]) of a 0-d u has output [1]: the linear twin broadcasts u first and the
+    adjoint sums the copies back (found by tests/test_properties.py's long profile)."""
+    model = make_model(
+        ["t0 = ReduceMean <keepdims=0> (x)", "t2 = Relu(t0)", "t8 = Relu(t2)", "y = PRelu(t2, s)"],
+        {"x": (1, 1, 3, 3)},
+        outputs=["t8", "y"],
+        inits={"s": np.array([0.3], F32)},
+        opset=10,
+    )
+    x = np.abs(RNG.standard_normal((1, 1, 3, 3))).astype(F32)
+    it = onnxscope.LinearScope(model).interpret(x)
+    assert it.apply_all(np.stack([x, x]))["y"].shape == (2, 1)
+    assert it.verify().ok

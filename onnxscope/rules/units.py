@@ -73,7 +73,9 @@ class PiecewiseUnit(Rule):
         return _select(c, state, slopes, len(pieces) == 2)
 
     def linear(self, node, c) -> None:
-        y = c.b.op("Mul", [c.lin(self.lin_input), self.gain(node, c)], "y")
+        # u broadcast to the output's shape first (PRelu's slope may have more dims than u)
+        u = c.expand(c.lin(self.lin_input), c.in_shape(self.lin_input), c.out_shape())
+        y = c.b.op("Mul", [u, self.gain(node, c)], "y")
         pieces = self.pieces(node, c)
         if c.affine and any(not (isinstance(b, float) and b == 0.0) for _, b in pieces):
             intercepts = [b if isinstance(b, str) else _const(c, b) for _, b in pieces]
@@ -81,8 +83,9 @@ class PiecewiseUnit(Rule):
         c.set_out(y)
 
     def adjoint(self, node, a) -> None:
-        # diagonal: A^T g = gain * g
-        a.add_grad(self.lin_input, a.b.op("Mul", [a.grad(), self.gain(node, a)], "g"))
+        # diagonal: A^T g = gain * g, summed over the copies where u was broadcast
+        g = a.b.op("Mul", [a.grad(), self.gain(node, a)], "g")
+        a.add_grad(self.lin_input, a.unbroadcast(g, a.out_shape(), a.in_shape(self.lin_input)))
 
 
 def _onnx_type(dtype) -> int:
