@@ -411,7 +411,7 @@ def emit_conv(d, b, t):
         _conv_out(w, k[1], strides[1], dil[1], pads[1], pads[3]),
     ]
     if n * m * max(out[0], h) * max(out[1], w) > MAX_ELEMENTS:
-        m = 1
+        m = group  # the fewest output channels a grouped Conv allows
     weights = b.normal([m, c // group, *k], 1.0 / np.sqrt(c // group * k[0] * k[1]))
     inputs = [t, b.const(weights, "W")]
     if d(st.booleans()):
