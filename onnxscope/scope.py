@@ -44,7 +44,7 @@ class _Sessions:
         self.artifacts = artifacts
         self.mask = make(artifacts.mask)
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]
-        self._make, self._bias_layers, self._expected = make, None, None
+        self._make, self._bias_layers, self._expected, self._jittered = make, None, None, None
         self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
         self.probe_bytes = _probe_bytes(artifacts)
         self.fixed_shapes = self.device == "cuda"  # pad short probe batches (see _batched)
@@ -64,7 +64,7 @@ class _Sessions:
     def jittered(self, model: AnalyzedModel):
         """The mask graph with its intermediate tensors jittered (verify's noise floor), run
         without graph optimizations: the model's own arithmetic, and no fusion to disturb."""
-        if getattr(self, "_jittered", None) is None:
+        if self._jittered is None:
             from .verify import jittered_model
 
             graph = jittered_model(self.artifacts.mask, model)
@@ -208,8 +208,7 @@ def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
         raise InputError(f"Input '{name}' is not an array of numbers ({exc}).") from None
     kind = array.dtype.kind
     if array.dtype != dtype:
-        castable = kind in "iuf" if np.issubdtype(dtype, np.floating) else False
-        if not castable:
+        if not (np.issubdtype(dtype, np.floating) and kind in "iuf"):
             what = "complex" if kind == "c" else str(array.dtype)
             raise InputError(
                 f"Input '{name}' has dtype {what}; the model expects {dtype}"
@@ -263,7 +262,8 @@ class Interpretation:
         self.outputs = {n: _read_only(self._mask_values[n].numpy()) for n in self.output_names}
         self._bias = None
         for name, value in self.outputs.items():
-            if np.issubdtype(value.dtype, np.floating) and np.isnan(value).any():
+            # min is NaN when any element is: no boolean temporary on every interpret()
+            if np.issubdtype(value.dtype, np.floating) and value.size and np.isnan(value.min()):
                 raise OnnxscopeError(
                     f"The model's output '{name}' is NaN at this input: there is nothing exact "
                     f"to interpret.{_nonfinite_weights(scope.model)}"
@@ -421,16 +421,16 @@ class Interpretation:
         shares = self._batched(model, imports, {self._s.artifacts.selector: eye})[name]
         return {label: share for label, share in zip(labels, shares) if np.any(share)}
 
-    def verify(self, seed: int = 0, tol: float = 1e-5):
+    def verify(self, seed: int = 0, tol: float | None = None):
         """The exactness checks at x (reconstruction, linearity, adjoint), each with the float
         noise floor measured in the same run: a `Verification`, a mapping from check to its
         relative error, with `.ok`, `.noise`, `.conditioning` and `.passed(name)`. The measures
         are explained in onnxscope/verify.py and the README."""
-        from .verify import verify
+        from .verify import DEFAULT_TOL, verify
 
         if not _is_int(seed) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, not {seed!r}.")
-        return verify(self, seed, tol)
+        return verify(self, seed, DEFAULT_TOL if tol is None else tol)
 
     def adjoint_unavailable(self) -> str | None:
         """Why this model has no adjoint graph, or None when it has one."""

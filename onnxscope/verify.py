@@ -111,9 +111,10 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
     f, c = _flat(it.outputs), _flat(it.biases)
     f_wiggled = _flat(it.jittered_outputs(wiggle(x)))
     norm = _norm
-    errors = {"reconstruction": _ratio(norm(f - (ax + c)), norm(f))}
-    noise = {"reconstruction": _ratio(norm(f_wiggled - f), norm(f))}
-    conditioning = _ratio(norm(ax) + norm(c), norm(f)) if norm(f) or norm(ax) + norm(c) else 1.0
+    size, terms = norm(f), norm(ax) + norm(c)
+    errors = {"reconstruction": _ratio(norm(f - (ax + c)), size)}
+    noise = {"reconstruction": _ratio(norm(f_wiggled - f), size)}
+    conditioning = _ratio(terms, size) if size or terms else 1.0  # 0 = 0 + 0: conditioned
 
     combo = a * az1 + b * az2
     scale = max(norm(combo), abs(a) * norm(az1) + abs(b) * norm(az2))

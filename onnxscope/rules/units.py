@@ -468,9 +468,12 @@ class CentredSoftmax(Rule):
         index = m.b.const(np.arange(n, dtype=np.int64).reshape(1, n, 1), hint="index")
         m.add("reference", m.b.op("Equal", [index, first], "reference"))
         v = m.b.op("Sub", [u, m.b.reduce("ReduceMax", u, [1], True, "max")], "v")
-        self.frozen_values(node, m, v, m.b.reshape(node.output[0], [pre, n, post], "y3"))
+        total = m.b.reduce("ReduceSum", m.b.op("Exp", [v]), [1], True, "sum")  # S, >= 1
+        y = m.b.reshape(node.output[0], [pre, n, post], "y3")
+        self.frozen_values(node, m, v, total, y)
 
-    def frozen_values(self, node, m, v: str, y: str) -> None:
+    def frozen_values(self, node, m, v: str, total: str, y: str) -> None:
+        """Add the rule's masks from v = u - u_k, S = sum exp(v) and y, all [pre, n, post]."""
         raise NotImplementedError
 
     def centred(self, c) -> str:
@@ -500,10 +503,9 @@ class Softmax(CentredSoftmax):
     # (y in the frozen tail).
     frozen = "first maximum (bool), secant gain (float), intercept (float: 1/S, y in the tail)"
 
-    def frozen_values(self, node, m, v, y) -> None:
+    def frozen_values(self, node, m, v, total, y) -> None:
         dtype = m.dtype(node.input[0])
         k = lambda value: m.b.const(np.asarray(value, dtype))  # noqa: E731
-        total = m.b.reduce("ReduceSum", m.b.op("Exp", [v]), [1], True, "sum")
         inv_s = m.b.op("Reciprocal", [total], "intercept")
         # near v = 0: expm1(v)/v in float64 (y - 1/S would cancel); elsewhere (y - 1/S)/v from
         # the runtime's own y, so that g*v + 1/S reproduces it (0 at v = -inf)
@@ -538,8 +540,7 @@ class LogSoftmax(CentredSoftmax):
     # log softmax(u) = v - log S with S frozen: gain 1 on v, intercept -log S (in [-log n, 0])
     frozen = "first maximum (bool), intercept -log S (float)"
 
-    def frozen_values(self, node, m, v, y) -> None:
-        total = m.b.reduce("ReduceSum", m.b.op("Exp", [v]), [1], True, "sum")
+    def frozen_values(self, node, m, v, total, y) -> None:
         m.add("intercept", m.b.op("Neg", [m.b.op("Log", [total])], "intercept"))
 
     def linear(self, node, c) -> None:
