@@ -177,6 +177,7 @@ class AnalyzedModel:
         self._values = dict(values or {})  # real input values for the analysis run, if known
         self._feeds: dict[str, np.ndarray] | None = None
         self._facts: tuple[dict[str, TensorInfo], dict[str, np.ndarray]] | None = None
+        self._mismatches: dict[str, tuple[int, ...]] | None = None
 
     @property
     def info(self) -> dict[str, TensorInfo]:
@@ -247,18 +248,10 @@ class AnalyzedModel:
         """
         from .runtime import ort, session_options
 
-        fixed = onnx.ModelProto()
-        fixed.CopyFrom(self.weights.light)
+        fixed = self._at_input_shapes()
         graph = fixed.graph
-        for vi in graph.input:
-            if vi.name in self.input_shapes:
-                dims = vi.type.tensor_type.shape.dim
-                for d, n in zip(dims, self.input_shapes[vi.name]):
-                    d.Clear()
-                    d.dim_value = n
         # every tensor once, untyped (ONNX Runtime types outputs itself); no declared shapes
         exposed = [*self.outputs, *(o for n in self.nodes for o in n.output if o)]
-        del graph.value_info[:], graph.output[:]
         graph.output.extend(onnx.ValueInfoProto(name=o) for o in dict.fromkeys(exposed))
         feeds = self.analysis_feeds()
 
@@ -295,6 +288,19 @@ class AnalyzedModel:
             info[name] = TensorInfo(tuple(self.input_shapes[name]), feeds[name].dtype)
         return info, static
 
+    def _at_input_shapes(self) -> onnx.ModelProto:
+        """The light model with the analysis input shapes, no value_info and no outputs."""
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(self.weights.light)
+        del fixed.graph.value_info[:], fixed.graph.output[:]
+        for vi in fixed.graph.input:
+            if vi.name in self.input_shapes:
+                dims = vi.type.tensor_type.shape.dim
+                for d, n in zip(dims, self.input_shapes[vi.name]):
+                    d.Clear()
+                    d.dim_value = n
+        return fixed
+
     def analysis_feeds(self) -> dict[str, np.ndarray]:
         """The inputs of the analysis run: the real values where given, else standard normal
         floats (seed 0) and zeros; the same arrays on every call."""
@@ -312,6 +318,31 @@ class AnalyzedModel:
                     feeds[vi.name] = np.zeros(shape, dtype)
             self._feeds = feeds
         return self._feeds
+
+    @property
+    def inference_mismatches(self) -> dict[str, tuple[int, ...]]:
+        """Tensors whose shape ONNX's shape inference (which ONNX Runtime applies when it loads a
+        graph) gets wrong, by name, with the runtime's shape: a ceil-mode pool whose last window
+        would start in the end padding is one window shorter at run time than ONNX infers below
+        opset 22. A graph that builds constants of the runtime shape on such a tensor does not
+        load unless the tensor is cropped to that shape first (a no-op at run time)."""
+        if self._mismatches is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self._at_input_shapes())
+                inferred = inferred.graph.value_info
+            except Exception:  # noqa: BLE001 - inference gives up on some models: no claims
+                inferred = []
+            self._mismatches = {}
+            for vi in inferred:
+                dims = vi.type.tensor_type.shape.dim
+                if not vi.type.tensor_type.HasField("shape") or vi.name not in self.info:
+                    continue
+                if not all(d.HasField("dim_value") for d in dims):
+                    continue
+                shape = self.info[vi.name].shape
+                if tuple(d.dim_value for d in dims) != shape:
+                    self._mismatches[vi.name] = shape
+        return self._mismatches
 
     def names(self) -> set[str]:
         """Every name the model uses (see `graph_names`)."""

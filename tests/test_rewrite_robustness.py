@@ -78,6 +78,30 @@ def test_ceil_mode_pool_drops_the_window_starting_in_the_padding(pool):
         np.testing.assert_array_equal(checked.mask("y", "argmax" if flat else "window"), want)
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        "y = GlobalMaxPool(p)",  # a selection whose mask rule builds runtime-shaped indices
+        "y = ReduceMax <axes=[2,3], keepdims=1> (p)",
+        f"y = MaxPool <{CEIL}, strides=[3,3]> (p)",  # a second mismatch on top of the first
+        "y = Softmax <axis=1> (p)",
+    ],
+)
+@pytest.mark.parametrize(
+    "pool", [f"MaxPool <{CEIL}, strides=[3,1]>", f"AveragePool <{CEIL}, strides=[3,3]>"]
+)
+def test_rules_after_a_ceil_mode_pool_see_the_runtime_shape(pool, after):
+    # the mask graph holds the model's own pool, which ONNX Runtime's load-time inference sizes
+    # one window too large; constants that rules after it build at the runtime's size then
+    # contradicted it ("Incompatible dimensions" at load) until the pool's output was cropped
+    x = normal(1, 2, 5, 5)
+    model = make_model(
+        ["t = Relu(x)", f"p = {pool} (t)", after, "z = Sigmoid(y)"], {"x": x.shape}, opset=11
+    )
+    checked = check_model(model, {"x": x})
+    loads_everywhere(checked)
+
+
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # (verify's norms of -DBL_MAX)
 @pytest.mark.parametrize("strides", [[1, 1], [2, 2]])  # ORT's Indices, window offsets
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
