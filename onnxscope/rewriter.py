@@ -332,7 +332,7 @@ class Rewrite:
                     ctx.add(f"frozen:{name}", name)
             records[idx] = ctx.record
         self._replaced = ctx.replaced
-        self._crops = self._inference_crops()
+        self._fixes = self._inference_fixes()
         self._mask_types = self._measure_mask_types()
         return records
 
@@ -345,38 +345,39 @@ class Rewrite:
         del graph.node[:], graph.value_info[:], graph.output[:]
         for i, node in enumerate(self.model.nodes):
             for n in self._replaced.get(i, [node]):
-                graph.node.extend(self._cropped(n))
+                graph.node.extend(self._with_fixes(n))
         graph.node.extend(self._mb.nodes)
         graph.initializer.extend(self._mb.initializers.values())
         return graph
 
-    def _inference_crops(self) -> dict[str, tuple[str, list[onnx.NodeProto]]]:
+    def _inference_fixes(self) -> dict[str, tuple[str, list[onnx.NodeProto]]]:
         """For each tensor whose shape ONNX's inference gets wrong (`inference_mismatches`): a
-        name for the node's own output and the nodes that crop it to the runtime's shape under
-        the tensor's name, so that every node after it in the mask graph (the model's and the
-        rules') is inferred with the runtime's shape. A no-op at run time."""
-        crops, b = {}, self._mb
+        name for the node's own output and a Reshape of it to the runtime's shape under the
+        tensor's name (a no-op at run time, and the constant shape is what inference sees), so
+        that every node after it in the mask graph, the model's and the rules', is inferred
+        with the runtime's shape."""
+        fixes, b = {}, self._mb
         for name, shape in self.model.inference_mismatches.items():
             start, prefix = len(b.nodes), b.prefix
             b.prefix = f"{name}/"
-            raw = b.fresh("uncropped")
-            b.slice(raw, [0] * len(shape), list(shape), list(range(len(shape))))
-            b.nodes[-1].output[0] = name  # (the Slice is the last node made)
-            crops[name] = (raw, b.nodes[start:])
+            raw = b.fresh("as_inferred")
+            b.reshape(raw, list(shape), "runtime_shape")
+            b.nodes[-1].output[0] = name  # (the Reshape is the last node made)
+            fixes[name] = (raw, b.nodes[start:])
             del b.nodes[start:]
             b.prefix = prefix
-        return crops
+        return fixes
 
-    def _cropped(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
-        """`node`, followed by the crops of its outputs that ONNX's inference gets wrong."""
-        if not any(o in self._crops for o in node.output):
+    def _with_fixes(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """`node`, followed by the fixes of its outputs whose shapes ONNX's inference gets wrong."""
+        if not any(o in self._fixes for o in node.output):
             return [node]
         out = onnx.NodeProto()
         out.CopyFrom(node)
         after = []
         for k, o in enumerate(out.output):
-            if o in self._crops:
-                out.output[k], nodes = self._crops[o]
+            if o in self._fixes:
+                out.output[k], nodes = self._fixes[o]
                 after += nodes
         return [out, *after]
 

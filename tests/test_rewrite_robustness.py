@@ -93,10 +93,25 @@ def test_ceil_mode_pool_drops_the_window_starting_in_the_padding(pool):
 def test_rules_after_a_ceil_mode_pool_see_the_runtime_shape(pool, after):
     # the mask graph holds the model's own pool, which ONNX Runtime's load-time inference sizes
     # one window too large; constants that rules after it build at the runtime's size then
-    # contradicted it ("Incompatible dimensions" at load) until the pool's output was cropped
+    # contradicted it ("Incompatible dimensions" at load) until the pool's output was reshaped
+    # to the runtime's shape where it is made
     x = normal(1, 2, 5, 5)
     model = make_model(
         ["t = Relu(x)", f"p = {pool} (t)", after, "z = Sigmoid(y)"], {"x": x.shape}, opset=11
+    )
+    checked = check_model(model, {"x": x})
+    loads_everywhere(checked)
+
+
+def test_a_rank_that_onnx_inference_gets_wrong():
+    # PRelu's inference at opset 10 keeps its input's rank (a scalar here), the runtime
+    # broadcasts it against the slope to [1]: the fix must change the rank, not only crop
+    x = normal(1, 1, 3, 3)
+    model = make_model(
+        ["t = Relu(x)", "m = ReduceMean <keepdims=0> (t)", "p = PRelu(m, a)", "y = Mul(p, p)"],
+        {"x": x.shape},
+        inits={"a": np.array([0.25], np.float32)},
+        opset=10,
     )
     checked = check_model(model, {"x": x})
     loads_everywhere(checked)
