@@ -148,6 +148,8 @@ def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
     does downstream (logits -x - 20000 are only known to ulp(20000))."""
     from .builder import GraphBuilder
     from .model import default_opset, graph_names
+    from .registry import rule_for
+    from .rules.normalization import Normalization
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -169,7 +171,18 @@ def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
             start = len(b.nodes)
             wave = b.op("Sin", [b.op("Mul", [raw, jitter])], "wave")
             scale = b.op("Add", [b.op("Mul", [wave, eps]), one], "scale")
-            b.op("Mul", [raw, scale], outputs=[name])
+            rule = rule_for(node)
+            if j == 0 and isinstance(rule, Normalization):
+                # its kernel's own rounding, which no rounding of its input shows (the output
+                # of a group of equal values is bias whatever they are)
+                jittered = b.op("Mul", [raw, scale], "jittered")
+                scale_max = float(np.max(np.abs(analysis.static_value(node.input[1]))))
+                terms = rule.rounding_scale(
+                    node, b, analysis.shape(node.input[0]), dtype, scale_max
+                )
+                b.op("Add", [jittered, b.op("Mul", [terms, eps])], outputs=[name])
+            else:
+                b.op("Mul", [raw, scale], outputs=[name])
             nodes.extend(b.nodes[start:])
     del graph.node[:]
     graph.node.extend(nodes)

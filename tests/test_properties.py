@@ -55,7 +55,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, Phase, assume, event, given, note, settings
-from onnx import helper
+from onnx import helper, numpy_helper
 
 import onnxscope
 
@@ -135,9 +135,13 @@ def exposed(model: onnx.ModelProto, floats: dict) -> onnx.ModelProto:
     return m
 
 
+NORMALIZATIONS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+
+
 def noisy(model: onnx.ModelProto, floats: dict) -> tuple[onnx.ModelProto, list[str]]:
     """The model with every float32 tensor a node computes multiplied by a factor fed as an
-    extra input (1 ± 4 eps at random: four ulps of rounding injected at every node)."""
+    extra input (1 ± 4 eps at random: four ulps of rounding injected at every node), and a
+    normalization's output also offset by an input (`kernel_terms`)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     nodes, factors = [], []
@@ -148,16 +152,42 @@ def noisy(model: onnx.ModelProto, floats: dict) -> tuple[onnx.ModelProto, list[s
                 continue
             raw, factor = f"{o}__raw", f"{o}__factor"
             node.output[k] = raw
-            nodes.append(helper.make_node("Mul", [raw, factor], [o], name=f"{o}__noise"))
-            m.graph.input.append(
+            extra = [factor]
+            if k == 0 and node.op_type in NORMALIZATIONS:
+                extra.append(f"{o}__offset")
+                nodes.append(helper.make_node("Mul", [raw, factor], [f"{o}__scaled"]))
+                nodes.append(helper.make_node("Add", [f"{o}__scaled", extra[1]], [o]))
+            else:
+                nodes.append(helper.make_node("Mul", [raw, factor], [o], name=f"{o}__noise"))
+            m.graph.input.extend(
                 # no declared shape: ONNX shape inference and the runtime can disagree
                 # (MaxPool with ceil_mode), and the runtime's is the one fed
-                helper.make_tensor_value_info(factor, onnx.TensorProto.FLOAT, None)
+                helper.make_tensor_value_info(e, onnx.TensorProto.FLOAT, None)
+                for e in extra
             )
-            factors.append(factor)
+            factors.extend(extra)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     return m, factors
+
+
+def kernel_terms(node: onnx.NodeProto, u: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """max|u| max|scale| / sigma of u's group, at every element of a normalization's output:
+    the size of the terms ONNX Runtime's kernel adds (u s + (bias - mean s)). Their rounding is
+    noise no rounding of u shows: a group of equal values (one element, ties) normalizes to
+    the bias whatever u is, and the kernel returns the bias plus ulps of u s."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    u = u.astype(np.float64)
+    if node.op_type == "GroupNormalization":
+        g = u.reshape(u.shape[0], attrs["num_groups"], -1)
+        axes = (2,)
+    else:
+        first = 2 if node.op_type == "InstanceNormalization" else attrs.get("axis", -1) % u.ndim
+        g, axes = u, tuple(range(first, u.ndim))
+    sigma = np.sqrt(g.var(axis=axes, keepdims=True) + attrs.get("epsilon", 1e-5))
+    top = np.abs(g).max(axis=axes, keepdims=True)
+    terms = top * float(np.max(np.abs(scale))) / sigma
+    return np.broadcast_to(terms, g.shape).reshape(u.shape)
 
 
 class Plain:
@@ -171,6 +201,12 @@ class Plain:
         self.everything = plain_session(exposed(case.model, case.floats))
         self.shapes = dict(case.floats)
         self.input = case.model.graph.input[0].name
+        inits = {t.name: numpy_helper.to_array(t) for t in case.model.graph.initializer}
+        self.norms = {  # offset input -> (node, scale) of each normalization
+            f"{n.output[0]}__offset": (n, inits[n.input[1]])
+            for n in case.model.graph.node
+            if n.op_type in NORMALIZATIONS
+        }
 
     def __call__(self, x) -> dict[str, np.ndarray]:
         return dict(zip(self.names, self.session.run(self.names, {self.input: x})))
@@ -181,24 +217,36 @@ class Plain:
         every factor 1 - 4 eps (no cancellation along a path), and two random sign patterns."""
         rng = np.random.default_rng(7)
         worst = dict.fromkeys(self.names, 0.0)
+        values = self.values(x) if self.norms else {}
         for draw in ("up", "down", "random", "random"):
             feeds = {self.input: x}
             for name in self.factors:
-                shape = self.shapes[name[: -len("__factor")]]
+                offset = name in self.norms
+                shape = self.shapes[name[: -len("__offset" if offset else "__factor")]]
                 if draw == "random":
                     signs = rng.choice(np.asarray([-4.0, 4.0]), shape)
                 else:
                     signs = np.full(shape, 4.0 if draw == "up" else -4.0)
-                feeds[name] = np.asarray(1.0 + signs * EPS32, np.float32)
+                if offset:
+                    node, scale = self.norms[name]
+                    terms = kernel_terms(node, values[node.input[0]], scale)
+                    feeds[name] = np.asarray(signs * EPS32 * terms, np.float32)
+                else:
+                    feeds[name] = np.asarray(1.0 + signs * EPS32, np.float32)
             for n, v in zip(self.names, self.noisy.run(self.names, feeds)):
                 diff = np.asarray(v, np.float64) - np.asarray(f[n], np.float64)
                 worst[n] = max(worst[n], norm(diff))
         return worst
 
+    def values(self, x) -> dict[str, np.ndarray]:
+        """Every float tensor of the model at x (and x)."""
+        names = [o.name for o in self.everything.get_outputs()]
+        return {self.input: x, **dict(zip(names, self.everything.run(names, {self.input: x})))}
+
     def gain(self, x) -> float:
         """G of the module docstring: max ‖t‖ / ‖x‖ over the model's float tensors."""
-        values = self.everything.run(None, {self.input: x})
-        return max([norm(np.asarray(v, np.float64)) for v in values] + [norm(x)]) / norm(x)
+        values = self.values(x).values()
+        return max(norm(np.asarray(v, np.float64)) for v in values) / norm(x)
 
 
 def flat(values: dict, names) -> np.ndarray:

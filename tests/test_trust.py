@@ -224,6 +224,50 @@ def test_verify_passes_an_exact_map_that_is_exactly_zero():
     assert v.ok and v["linearity"] == 0 and v.get("adjoint", 0) == 0, v.as_dict()
 
 
+NORM_GROUP_OF_EQUALS = {  # (x, what): groups of equal values, normalized
+    "one element": (np.array([3e4, -1.2e4, 5e3], F32).reshape(1, 3, 1, 1), "InstanceNorm 1x1"),
+    "ties": (np.full((1, 3, 4, 4), 1234.567, F32), "constant planes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NORM_GROUP_OF_EQUALS))
+def test_verify_passes_a_normalization_of_equal_values(case):
+    """A group of equal values normalizes to the bias exactly (c_x = bias, A_x = 0); ONNX
+    Runtime's kernel adds u * s and bias - mean * s, terms of 1e7 here, and returns the bias
+    plus their rounding (0.0 for -7.3e-4). No rounding of u shows that noise (the output does
+    not depend on u), so verify said FAILED (inf) on an exact rewrite; the kernel's rounding is
+    now part of the floor."""
+    x, _ = NORM_GROUP_OF_EQUALS[case]
+    model = make_model(
+        ["y = InstanceNormalization(x, s, b)"],
+        {"x": x.shape},
+        inits={"s": np.array([0.5, -2, 3], F32), "b": np.array([-7.3e-4, 0.1, 0.2], F32)},
+    )
+    it = onnxscope.LinearScope(model).interpret(x)
+    bias = np.broadcast_to(np.array([-7.3e-4, 0.1, 0.2], F32)[None, :, None, None], x.shape)
+    np.testing.assert_array_equal(it.bias, bias)
+    assert not it.apply(np.ones((1, *x.shape), F32)).any()
+    v = it.verify()
+    assert v.ok, v.as_dict()
+    assert v.noise["reconstruction"] > 1e-3  # (the model's output has few digits left here)
+
+
+def test_verify_still_fails_a_wrong_normalization(monkeypatch):
+    """The kernel's rounding floor is ulps of its terms, not a licence: c_x off by 1e-3 on an
+    ordinary InstanceNorm input fails."""
+    model = make_model(
+        ["n = InstanceNormalization(x, s, b)", "y = Tanh(n)"],
+        {"x": (1, 3, 4, 4)},
+        inits={"s": np.array([0.5, -2, 3], F32), "b": np.array([-7.3e-4, 0.1, 0.2], F32)},
+    )
+    x = (RNG.standard_normal((1, 3, 4, 4)) * 1e3).astype(F32)
+    it = onnxscope.LinearScope(model).interpret(x)
+    assert it.verify().ok
+    wrong = {"y": it.biases["y"] + F32(1e-3)}
+    monkeypatch.setattr(type(it), "biases", property(lambda self: wrong))
+    assert not it.verify().passed("reconstruction")
+
+
 def test_verify_fails_a_wrong_linear_map(monkeypatch):
     """A_x off by 1e-3 in one direction: reconstruction and the adjoint must fail."""
     model = make_model(

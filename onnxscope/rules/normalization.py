@@ -62,16 +62,34 @@ class Normalization(Rule):
     def scale_bias(self, node, c) -> tuple[str | None, str | None]:
         raise NotImplementedError
 
+    def std(self, node, b, in_shape, dtype) -> tuple[str, list[int], list[int]]:
+        """(sigma per group, the grouped shape, its reduced axes) of input 0, as the spec says:
+        sqrt(mean((u - mean(u))^2) + epsilon)."""
+        u = node.input[0]
+        shape, axes = self.groups(node, in_shape)
+        g = b.reshape(u, shape, "grouped") if list(shape) != list(in_shape) else u
+        centered = b.op("Sub", [g, b.reduce("ReduceMean", g, axes, True, "mean")], "centered")
+        var = b.reduce("ReduceMean", b.op("Mul", [centered, centered]), axes, True, "var")
+        eps = b.const(np.asarray(attr(node, "epsilon", 1e-5), dtype))
+        return b.op("Sqrt", [b.op("Add", [var, eps])], "std"), shape, axes
+
     def masks(self, node, m) -> None:
         u = node.input[0]
-        dt = m.dtype(u)
-        shape, axes = self.groups(node, m.shape(u))
-        g = m.b.reshape(u, shape, "grouped") if list(shape) != list(m.shape(u)) else u
-        centered = m.b.op("Sub", [g, m.b.reduce("ReduceMean", g, axes, True, "mean")], "centered")
-        var = m.b.reduce("ReduceMean", m.b.op("Mul", [centered, centered]), axes, True, "var")
-        eps = m.b.const(np.asarray(attr(node, "epsilon", 1e-5), dt))
-        std = m.b.op("Sqrt", [m.b.op("Add", [var, eps])], "std")
+        std, _, _ = self.std(node, m.b, m.shape(u), m.dtype(u))
         m.add("inv_sigma", m.b.op("Reciprocal", [std], "inv_sigma"))
+
+    def rounding_scale(self, node, b, in_shape, dtype, scale_max: float) -> str:
+        """max|u| * max|scale| / sigma over each group, at every element of the output: the size
+        of the terms that ONNX Runtime's kernel adds (u * s + (bias - mean * s)), and so of its
+        own rounding, which a group of equal values (one element, or ties) turns from 0 in exact
+        arithmetic into an error of ulps of u * s (verify's noise floor, onnxscope.verify)."""
+        std, shape, axes = self.std(node, b, in_shape, dtype)
+        g = b.reshape(node.input[0], shape, "grouped") if list(shape) != list(in_shape) else None
+        top = b.reduce("ReduceMax", b.op("Abs", [g or node.input[0]]), axes, True, "top")
+        per_group = b.op("Div", [top, std], "top_over_std")
+        per_group = b.op("Mul", [per_group, b.const(np.asarray(scale_max, dtype))], "terms")
+        spread = b.op("Expand", [per_group, b.ints(shape)], "terms")
+        return b.reshape(spread, list(in_shape), "terms") if g else spread
 
     def linear(self, node, c) -> None:
         s = c.in_shape(0)
