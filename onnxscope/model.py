@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from .errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from .weights import Weights
 
 SUPPORTED_OPSETS = range(9, 23)  # 9-10 for Upsample-era exports
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
@@ -35,6 +39,17 @@ RANDOM_OPS = {
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Read a model (file path or ModelProto) and validate it; never writes to the source."""
+    return _load(source, light=False)[0]
+
+
+def load_light(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Weights]:
+    """`load_model`, and the model's weight store (onnxscope.weights), for a model with large
+    weights the store's light model: stubs in their place, the weights held once, by the store
+    (the model as read is freed). The caller keeps the store as long as it uses the model."""
+    return _load(source, light=True)
+
+
+def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
     from .weights import checkable, weights_for
 
     if isinstance(source, onnx.ModelProto):
@@ -53,12 +68,15 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             ) from None
     if not model.graph.node:
         raise ModelError("The model has no nodes; is it an ONNX model file?")
+    store = None
     try:
-        # on the path when there is one (the checker serializes a proto, which fails past 2 GB,
-        # and the path lets it check the external data files); else on the model with its large
-        # weights left out, which is small whatever their size
-        if isinstance(source, onnx.ModelProto):
-            onnx.checker.check_model(checkable(weights_for(model).light))
+        # on the path when there is one and the model is wanted whole (the checker serializes a
+        # proto, which fails past 2 GB, and the path lets it check the external data files,
+        # which onnx.load has read here); else on the model with its large weights left out,
+        # which is small whatever their size (its checker in C++ would hold another copy)
+        if light or isinstance(source, onnx.ModelProto):
+            store = weights_for(model)
+            onnx.checker.check_model(checkable(store.light))
         else:
             onnx.checker.check_model(os.fspath(source))
     except ModelError:
@@ -75,7 +93,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             "onnx.version_converter.convert_version(model, 17), and check the converted model's "
             "outputs against the original (the converter changes some ops' semantics)."
         )
-    return model
+    if light:
+        return store.release(), store
+    return model, store
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -98,15 +98,15 @@ def resolve_providers(providers: list[Provider] | str | None) -> list[Provider]:
     return usable or ["CPUExecutionProvider"]
 
 
-def make_session(model_bytes: bytes, opts, providers: list[Provider]):
+def make_session(model_bytes: bytes, opts, providers: list[Provider], **kwargs):
     """An InferenceSession on `providers`. When ONNX Runtime silently falls back from an
     accelerator it could not start (its own log would be a wall of lines), say so in one line,
-    once per process and provider."""
+    once per process and provider. `kwargs` go to InferenceSession (disabled_optimizers)."""
     accelerated = any(provider_name(p) != "CPUExecutionProvider" for p in providers)
     if accelerated:  # ORT logs a failed provider start as errors before falling back
         ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(model_bytes, opts, providers=providers)
+        session = ort.InferenceSession(model_bytes, opts, providers=providers, **kwargs)
     finally:
         if accelerated:
             ort.set_default_logger_severity(3)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError, OnnxscopeError
-from .model import AnalyzedModel, load_model
+from .model import AnalyzedModel, load_light
 from .rewriter import Artifacts, default_wrt, rewrite
 from .runtime import (
     available_memory,
@@ -124,7 +124,9 @@ class LinearScope:
             raise InputError(
                 f"probe_batch must be a positive integer or 'auto', not {probe_batch!r}."
             )
-        self.model = load_model(model)
+        # a model with large weights comes as its light model (stubs in their place), the
+        # weights held once by the store this scope keeps (onnxscope.weights)
+        self.model, self._weights = load_light(model)
         self.wrt = default_wrt(self.model, wrt)
         self.providers = resolve_providers(providers)
         self.probe_batch = probe_batch
@@ -569,12 +571,12 @@ def _read_only(array) -> np.ndarray:
 
 def _nonfinite_weights(model: onnx.ModelProto) -> str:
     """' Initializer(s) ... hold NaN or infinite values.' for the weights that do, else ''."""
-    from onnx import numpy_helper
+    from .weights import weights_for
 
-    bad = []
+    store, bad = weights_for(model), []
     for init in model.graph.initializer:
         try:
-            value = numpy_helper.to_array(init)
+            value = store.value(init)  # the store's arrays for its stubs
         except Exception:  # external data not loaded, exotic types: nothing to say
             continue
         if not _finite(value):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -44,8 +45,25 @@ ALIGN = 64  # offsets in weights.bin (ORT mmaps the file; aligned rows suit its 
 # of a model this big is what runs a machine out of memory (the cost: sessions share weights with
 # prepacking off, and in-memory graphs need the store to run)
 LARGE_BYTES = 256 << 20
+# A session that ORT cannot make with shared weights because an optimizer reads one (constant
+# folding: the Transposes of an adjoint's MatMul weights, a MatMul by the bias graph's zero probe)
+# gets copies of the weights, with folding and prepacking: its numbers as always (True). False:
+# retry with folding off, sharing the weights with prepacking off, as the mask and linear graphs
+# do: no copy (interpret + verify of a 604 MB MLP at 2.1x its weights instead of 3.2x, 2x faster),
+# but the bias and adjoint round otherwise than before (1e-7 relative: prepacked MatMuls sum in
+# another order) and a Conv's result may change (no NCHWc layout for a weight computed in a run).
+KEEP_FOLDING = True
+FOLDING = ["ConstantFolding"]  # ONNX Runtime's optimizer that reads initializers' data
+
+# Every store's offsets lie in a range of their own, [k BLOCK, (k + 1) BLOCK) for the k-th store
+# made in this process: a stub names its data uniquely, so a copy of a light model (LinearScope's
+# model, say) finds the store that holds its weights while that store lives. (In-process offsets
+# only: ONNX Runtime is given the arrays, and `pack` renumbers the stubs of the files it writes.)
+BLOCK = 1 << 44
+_blocks = itertools.count(1)
 
 _stores: weakref.WeakValueDictionary[int, Weights] = weakref.WeakValueDictionary()
+_data: weakref.WeakValueDictionary[int, _Data] = weakref.WeakValueDictionary()  # block -> data
 
 
 def weights_for(model: onnx.ModelProto) -> Weights:
@@ -55,6 +73,37 @@ def weights_for(model: onnx.ModelProto) -> Weights:
     if store is None or store.source is not model:
         store = _stores[id(model)] = Weights(model)
     return store
+
+
+class _Data:
+    """The arrays of one virtual weights.bin, by offset (read-only), in this store's block."""
+
+    def __init__(self):
+        self.block = next(_blocks)
+        self.size = self.block * BLOCK  # the next free offset
+        self.arrays: dict[int, np.ndarray] = {}
+        self.digests: dict[tuple, int] = {}  # content -> offset (constants made twice)
+        self.ortvalues: dict[int, object] = {}
+        _data[self.block] = self
+
+
+def _data_of(model: onnx.ModelProto) -> _Data | None:
+    """The live data whose stubs `model` holds (a copy of a light model), else None."""
+    from .errors import ModelError
+
+    found = None
+    for t in model.graph.initializer:
+        ext = _external(t)
+        if not ext or ext.get("location") != LOCATION or int(ext.get("offset", 0)) < BLOCK:
+            continue
+        data = _data.get(int(ext["offset"]) // BLOCK)
+        if data is None or (found is not None and data is not found):
+            raise ModelError(
+                f"Initializer '{t.name}' refers to the weights of a LinearScope that no longer "
+                "exists (keep the LinearScope alive while its model is used)."
+            )
+        found = data
+    return found
 
 
 def _external(t: onnx.TensorProto) -> dict[str, str] | None:
@@ -91,13 +140,12 @@ class Weights:
         from .errors import ModelError
 
         self.source = model
-        self.size = 0
-        self._arrays: dict[int, np.ndarray] = {}  # offset -> the data, read-only
-        self._digests: dict[tuple, int] = {}  # content -> offset (constants made twice)
-        self._ortvalues: dict[int, object] = {}
+        shared = _data_of(model)  # a copy of a light model: its stubs' data, shared
+        self._d = shared or _Data()
+        self._arrays = self._d.arrays  # offset -> the data, read-only
         big = [t for t in model.graph.initializer if _nbytes(t) >= THRESHOLD and not _external(t)]
-        self.large = sum(_nbytes(t) for t in big) >= LARGE_BYTES
-        if not self.large:  # the model as it is (see LARGE_BYTES)
+        self.large = shared is not None or sum(_nbytes(t) for t in big) >= LARGE_BYTES
+        if not self.large or not big:  # the model as it is (see LARGE_BYTES)
             self.light = model
             return
         self.light = onnx.ModelProto()
@@ -119,6 +167,15 @@ class Weights:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())
 
+    def release(self) -> onnx.ModelProto:
+        """The light model, which from now on is this store's model: the store no longer keeps
+        the one it was made from (and its copy of the weights) alive. The caller keeps the store
+        (the light model's stubs name data only a live store holds)."""
+        if self.light is not self.source:
+            self.source = self.light
+            _stores[id(self.light)] = self
+        return self.light
+
     def stub(self, name: str, array: np.ndarray, dedup: bool = True) -> onnx.TensorProto:
         """An external-data TensorProto for `array`, stored here (once, with `dedup`)."""
         array = np.ascontiguousarray(array)
@@ -126,14 +183,15 @@ class Weights:
         if dedup:
             digest = hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).digest()
             key = (array.dtype.str, array.shape, digest)
-        offset = self._digests.get(key) if key else None
+        d = self._d
+        offset = d.digests.get(key) if key else None
         if offset is None:
-            offset = self.size
+            offset = d.size
             array.flags.writeable = False
-            self._arrays[offset] = array
-            self.size = -(-(offset + array.nbytes) // ALIGN) * ALIGN
+            d.arrays[offset] = array
+            d.size = -(-(offset + array.nbytes) // ALIGN) * ALIGN
             if key:
-                self._digests[key] = offset
+                d.digests[key] = offset
         dtype = helper.np_dtype_to_tensor_dtype(array.dtype)
         return _make_stub(name, dtype, array.shape, offset, array.nbytes)
 
@@ -170,9 +228,10 @@ class Weights:
     def _ortvalue(self, offset: int):
         from .runtime import ort
 
-        if offset not in self._ortvalues:  # kept as long as the store: sessions use the memory
-            self._ortvalues[offset] = ort.OrtValue.ortvalue_from_numpy(self._arrays[offset])
-        return self._ortvalues[offset]
+        values = self._d.ortvalues
+        if offset not in values:  # kept as long as the store: sessions use the memory
+            values[offset] = ort.OrtValue.ortvalue_from_numpy(self._arrays[offset])
+        return values[offset]
 
     def session(self, model: onnx.ModelProto, options: Callable, providers, make=None):
         """An ONNX Runtime session of `model` whose stubs read this store's arrays. `options()`
@@ -184,18 +243,27 @@ class Weights:
         data = model.SerializeToString()  # small: the weights are stubs
         if not stubs:
             return make(data, options(), providers)
-        opts = options()
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-        folder = _placeholder_folder()
-        opts.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", folder
-        )
-        for name, offset in stubs.items():
-            opts.add_initializer(name, self._ortvalue(offset))
-        try:
-            return make(data, opts, providers)
-        except Exception:  # an optimizer read a weight: ORT copies it instead, below
+
+        def shared(**kwargs):  # the store's arrays in place: only with prepacking off
             opts = options()
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+            opts.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", _placeholder_folder()
+            )
+            for name, offset in stubs.items():
+                opts.add_initializer(name, self._ortvalue(offset))
+            return make(data, opts, providers, **kwargs)
+
+        try:
+            return shared()
+        except Exception:  # an optimizer read a weight: ORT copies it instead, below
+            pass
+        if not KEEP_FOLDING:
+            try:  # the folded nodes run in each run instead, and the weights stay shared
+                return shared(disabled_optimizers=FOLDING)
+            except Exception:  # another optimizer read a weight (Conv's NCHWc layout)
+                pass
+        opts = options()
         names = list(stubs)
         opts.add_external_initializers(names, [self._ortvalue(stubs[n]) for n in names])
         return make(data, opts, providers)
