@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 WIDTH = 4096
@@ -121,8 +120,10 @@ def main() -> None:
         base = run_step("baseline", model, folder)["peak"]
         form = "external data" if args.external else "inline"
         print(f"model: {nbytes / 1e6:.0f} MB of weights ({form}); baseline RSS {base / 1e6:.0f} MB")
-        print(f"{'step':<18}{'peak RSS':>10}{'x weights':>11}{'peak-base':>11}{'x weights':>11}"
-              f"{'seconds':>9}")
+        print(
+            f"{'step':<18}{'peak RSS':>10}{'x weights':>11}{'peak-base':>11}{'x weights':>11}"
+            f"{'seconds':>9}"
+        )
         for step in args.only.split(","):
             got = run_step(step, model, folder)
             label = "interpret+verify" if step == "verify" else step

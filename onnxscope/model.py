@@ -50,8 +50,9 @@ def load_light(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
 
 
 def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
-    from .weights import checkable, weights_for
+    from .weights import checkable, read_light, weights_for
 
+    store = None
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
@@ -59,8 +60,9 @@ def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise ModelError(f"Model file '{path}' does not exist or is not a file.")
+        read = read_light(path) if light else None  # large inline weights: read once, in place
         try:
-            model = onnx.load(path)  # external data is read from the model's folder
+            model, store = read or (onnx.load(path), None)  # external data: from its folder
         except Exception as exc:  # protobuf raises several types for corrupt files
             raise ModelError(
                 f"'{path}' could not be read as an ONNX model ({type(exc).__name__}: {exc}). "
@@ -68,14 +70,13 @@ def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
             ) from None
     if not model.graph.node:
         raise ModelError("The model has no nodes; is it an ONNX model file?")
-    store = None
     try:
         # on the path when there is one and the model is wanted whole (the checker serializes a
         # proto, which fails past 2 GB, and the path lets it check the external data files,
         # which onnx.load has read here); else on the model with its large weights left out,
         # which is small whatever their size (its checker in C++ would hold another copy)
         if light or isinstance(source, onnx.ModelProto):
-            store = weights_for(model)
+            store = store or weights_for(model)
             onnx.checker.check_model(checkable(store.light))
         else:
             onnx.checker.check_model(os.fspath(source))

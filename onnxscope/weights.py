@@ -337,3 +337,127 @@ def _placeholder_folder() -> str:
         atexit.register(shutil.rmtree, folder, True)
         _placeholder.append(folder)
     return _placeholder[0]
+
+
+# -- reading a model file -----------------------------------------------------------------------
+def _varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """(field number, start of the field, start and end of its value) of a protobuf message
+    encoded in buf[start:end]; length-delimited values without their length prefix."""
+    pos = start
+    while pos < end:
+        first = pos
+        key, pos = _varint(buf, pos)
+        kind = key & 7
+        if kind == 0:
+            _, after = _varint(buf, pos)
+        elif kind == 1:
+            after = pos + 8
+        elif kind == 2:
+            length, pos = _varint(buf, pos)
+            after = pos + length
+        elif kind == 5:
+            after = pos + 4
+        else:  # groups: not in ONNX
+            raise ValueError("unsupported wire type")
+        if after > end:
+            raise ValueError("truncated message")
+        yield key >> 3, first, pos, after
+        pos = after
+
+
+_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, raw_data
+
+
+def read_light(path: str) -> tuple[onnx.ModelProto, Weights] | None:
+    """The light model and store of a model file whose large initializers are inline raw_data
+    adding up to LARGE_BYTES, read without ever holding the file or a ModelProto with the
+    weights (onnx.load holds both: three copies at its peak): each weight is read from the file
+    into its array, the rest parsed as usual. None for any other file (small, external data,
+    not in this form, corrupt: onnx.load reads it and says what is wrong)."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                return _read_light(f, view)
+            finally:
+                view.release()
+    except Exception:  # noqa: BLE001 - not a model in this form: onnx.load's turn
+        return None
+
+
+def _read_light(f, buf) -> tuple[onnx.ModelProto, Weights] | None:
+    rest, graph_rest, spans = [], [], []
+    for number, first, start, end in _fields(buf, 0, len(buf)):
+        if number != _GRAPH:
+            rest.append(buf[first:end])
+            continue
+        for inner, gfirst, gstart, gend in _fields(buf, start, end):
+            if inner == _INITIALIZER:
+                spans.append((gfirst, gstart, gend))
+            else:
+                graph_rest.append(buf[gfirst:gend])
+    tensors = []  # (TensorProto without its raw data, where the raw data is) or a whole tensor
+    for _first, start, end in spans:
+        raw = [(s, e) for n, _, s, e in _fields(buf, start, end) if n == _RAW_DATA]
+        if len(raw) != 1:  # no raw data (float_data...), or split: parsed whole
+            tensors.append((None, (start, end)))
+            continue
+        (s, e) = raw[0]
+        head = onnx.TensorProto()
+        for n, ffirst, _, fend in _fields(buf, start, end):
+            if n != _RAW_DATA:
+                head.MergeFromString(bytes(buf[ffirst:fend]))
+        tensors.append((head, (s, e)))
+    big = [
+        (head, span)
+        for head, span in tensors
+        if head is not None and _nbytes(head) >= THRESHOLD and _external(head) is None
+    ]
+    if any(head is not None and _external(head) is not None for head, _ in tensors):
+        return None  # external data: onnx.load reads it from the model's folder
+    if any(_nbytes(head) != e - s for head, (s, e) in big):
+        return None  # data of the wrong size: onnx.load's model gets the usual error
+    if sum(_nbytes(head) for head, _ in big) < LARGE_BYTES:
+        return None
+    light = onnx.ModelProto()
+    light.ParseFromString(b"".join(bytes(p) for p in rest))
+    light.graph.ParseFromString(b"".join(bytes(p) for p in graph_rest))
+    store = Weights.__new__(Weights)
+    store._d = _Data()
+    store._arrays, store.large = store._d.arrays, True
+    store.source = store.light = light
+    for head, (s, e) in tensors:
+        if head is None:  # typed fields (small in practice): stored as the store does
+            t = onnx.TensorProto.FromString(bytes(buf[s:e]))
+            if _external(t) is not None:
+                return None  # external data: onnx.load reads it from the model's folder
+            if _nbytes(t) >= THRESHOLD:
+                t = store.stub(t.name, numpy_helper.to_array(t), dedup=False)
+            light.graph.initializer.append(t)
+        elif _nbytes(head) < THRESHOLD or _external(head) is not None:
+            t = light.graph.initializer.add()
+            t.CopyFrom(head)
+            t.raw_data = bytes(buf[s:e])
+        else:  # raw data is little-endian: numpy_helper.to_array's values, read in place
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(head.data_type)).newbyteorder("<")
+            array = np.empty(tuple(head.dims), dtype)
+            f.seek(s)
+            if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != e - s:
+                return None
+            array = array.astype(dtype.newbyteorder("="), copy=False)
+            light.graph.initializer.append(store.stub(head.name, array, dedup=False))
+    _stores[id(light)] = store
+    return light, store

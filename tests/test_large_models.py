@@ -261,3 +261,43 @@ def test_model_past_2gb(tmp_path):
         np.testing.assert_allclose(sess.run(["y"], {"x": x})[0], it.output, rtol=1e-5, atol=1e-5)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_file_read_in_place_gives_the_light_model_of_onnx_load(tmp_path, large):
+    """weights.read_light (a large inline model read without holding the file or a ModelProto
+    with the weights) makes the light model the store makes of onnx.load's model, byte for byte
+    once the stubs hold their data again (raw data, float_data and small tensors alike)."""
+    model = _mlp([64, 512, 256, 100], conv=True)
+    values = np.arange(300, dtype=np.float32).tolist()
+    model.graph.initializer.append(helper.make_tensor("fd", onnx.TensorProto.FLOAT, [300], values))
+    model.graph.initializer.append(numpy_helper.from_array(np.arange(600.0), "f64"))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    light, store = weights_module.read_light(str(tmp_path / "m.onnx"))
+    old = weights_module.Weights(onnx.load(str(tmp_path / "m.onnx")))
+
+    def inlined(m, s):
+        out = onnx.ModelProto()
+        out.CopyFrom(m)
+        for t in out.graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                value = s.value(t)
+                t.ClearField("external_data"), t.ClearField("data_location")
+                t.raw_data = value.tobytes()
+        return out.SerializeToString()
+
+    assert store.nbytes == old.nbytes
+    assert inlined(light, store) == inlined(old.light, old)
+    _save_external(model, tmp_path / "ext.onnx")  # external data: onnx.load's turn
+    assert weights_module.read_light(str(tmp_path / "ext.onnx")) is None
+
+
+def test_a_copy_of_a_light_model_shares_its_scopes_weights(large):
+    """LinearScope's model of a large model holds stubs of its store: a LinearScope made from it
+    (a copy) finds the weights while the first lives, and computes the same."""
+    model = _mlp([32, 256, 64], seed=9)
+    x = np.random.default_rng(10).standard_normal((1, 32)).astype(F32)
+    first = onnxscope.LinearScope(model)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in first.model.graph.initializer)
+    second = onnxscope.LinearScope(first.model)
+    np.testing.assert_array_equal(second.interpret(x).output, first.interpret(x).output)
+    np.testing.assert_array_equal(second.interpret(x).bias, first.interpret(x).bias)
