@@ -14,21 +14,30 @@ import onnx
 from .builder import GraphBuilder
 from .errors import Unsupported
 from .model import AnalyzedModel
-from .registry import Plan
+from .rules.kinds import Plan
 
 if TYPE_CHECKING:
-    from .rewriter import Rewrite, UnitRecord
+    from .rewriter import UnitRecord
 
 
-class MaskContext:
+class NodeContext:
+    """Where a pass stands: the node a rule is working on, moved node to node by `at`."""
+
+    node: onnx.NodeProto
+    index: int
+    plan: Plan
+    record: UnitRecord
+
+    def at(self, index: int, node: onnx.NodeProto, plan: Plan, record: UnitRecord) -> None:
+        self.index, self.node, self.plan, self.record = index, node, plan, record
+
+
+class MaskContext(NodeContext):
     """What a rule sees while adding its decisions to the mask graph."""
 
     def __init__(self, model: AnalyzedModel, b: GraphBuilder):
         self.model, self.b = model, b
         self.replaced: dict[int, list[onnx.NodeProto]] = {}  # node index -> its stand-ins
-        self.node: onnx.NodeProto
-        self.index: int
-        self.record: UnitRecord
 
     def add(self, label: str, tensor: str) -> None:
         self.record.masks[label] = tensor
@@ -56,20 +65,19 @@ class MaskContext:
         return self.model.dtype(name)
 
 
-class TwinContext:
-    """Shared by the linear, affine and adjoint contexts: values, masks, shapes, probe count."""
+class TwinContext(NodeContext):
+    """Shared by the linear, affine and adjoint contexts: values, masks, shapes, probe count.
+    `wrt` is the interpreted input; `probe` the tensor of probes ([K, *x]) the graph starts
+    from (or, for the adjoint, one of them: its first axis is the probe count)."""
 
     affine = False
 
-    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probe: str):
-        self.rw, self.model, self.b = rewrite, rewrite.model, b
+    def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probe: str):
+        self.model, self.wrt, self.b = model, wrt, b
         self.imports: dict[str, str] = {}  # graph input name -> mask-graph output name
         self._imported: dict[str, str] = {}
         self._probe = probe
         self._batch: str | None = None
-        self.node: onnx.NodeProto
-        self.plan: Plan
-        self.record: UnitRecord | None = None
 
     def has_lin(self, i: int) -> bool:
         """Whether input i's linear part flows through this node (its plan carries it)."""
@@ -97,7 +105,7 @@ class TwinContext:
         if key not in self._imported:
             # the twin's outputs and the interpreted input's name are its own (its probes have
             # fresh names)
-            reserved = source in self.model.outputs or source == self.rw.wrt
+            reserved = source in self.model.outputs or source == self.wrt
             name = self.b.fresh(source) if reserved else source
             self._imported[key] = name
             self.imports[name] = source
@@ -167,10 +175,10 @@ class LinearContext(TwinContext):
     `c.lin(i)` is the twin of input i ([K, *s]); `c.value(i)` is input i as a frozen value (s).
     """
 
-    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probe: str, affine: bool):
-        super().__init__(rewrite, b, probe)
+    def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probe: str, affine: bool):
+        super().__init__(model, wrt, b, probe)
         self.affine = affine
-        self.env: dict[str, str] = {rewrite.wrt: probe}
+        self.env: dict[str, str] = {wrt: probe}
 
     def lin(self, i: int) -> str:
         return self.env[self.node.input[i]]
@@ -205,8 +213,8 @@ class AdjointContext(TwinContext):
     `a.add_grad(i, g)` adds g ([K, *in_i]) to input i's cotangent (fan-out is summed here).
     """
 
-    def __init__(self, rewrite: Rewrite, b: GraphBuilder, probes: dict[str, str]):
-        super().__init__(rewrite, b, next(iter(probes.values())))
+    def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probes: dict[str, str]):
+        super().__init__(model, wrt, b, next(iter(probes.values())))
         self._parts: dict[str, list[str]] = {name: [p] for name, p in probes.items()}
         self._totals: dict[str, str | None] = {}
 

@@ -27,7 +27,8 @@ from .contexts import AdjointContext, LinearContext, MaskContext
 from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
 from .model import CONTROL_FLOW_OPS, AnalyzedModel, graph_names, subgraph_reads
 from .peephole import fold_frozen_factors
-from .registry import Plan, rule_for
+from .registry import rule_for
+from .rules.kinds import Plan
 from .weights import LOCATION, Weights, checkable
 
 PROBE = "probe"
@@ -114,18 +115,19 @@ class Analysis:
         if self.problems:
             raise UnsupportedModelError(self.problems)
 
+    def record(self, idx: int) -> UnitRecord:
+        """A needed node's record, without masks yet."""
+        node, plan = self.model.nodes[idx], self.plans[idx]
+        kind = plan.kind or rule_for(node).kind
+        return UnitRecord(node_label(node, idx), node.op_type, kind, plan.frozen)
+
     def units(self) -> list[UnitRecord]:
-        out = []
-        for idx in self.needed:
-            node, plan = self.model.nodes[idx], self.plans[idx]
-            rule = rule_for(node)
-            if plan.frozen and rule is not None:
-                out.append(
-                    UnitRecord(
-                        node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen
-                    )
-                )
-        return out
+        """The frozen units and gates (for `inspect`, before any graph is built)."""
+        return [
+            self.record(idx)
+            for idx in self.needed
+            if self.plans[idx].frozen and rule_for(self.model.nodes[idx]) is not None
+        ]
 
 
 @dataclass
@@ -142,10 +144,20 @@ class Artifacts:
     adjoint_imports: dict[str, str] = field(default_factory=dict)
     adjoint_probes: dict[str, str] = field(default_factory=dict)  # model output -> graph input
     adjoint_error: str | None = None
-    rewrite: Rewrite | None = field(default=None, repr=False)  # builds optional graphs later
+    walk: Walk | None = field(default=None, repr=False)  # what the passes saw (bias_layers)
     probe: str = PROBE  # the linear graph's probe input (renamed when the model uses "probe")
     selector: str = SELECTOR  # the bias-by-layer graph's selector input
     weights: Weights | None = field(default=None, repr=False)  # the data of the graphs' stubs
+    # the bias graph's zero probe (an initializer, `bias_values[wrt]`) and its tensor for each
+    # of the model's tensors with a linear part: fed x instead of 0, the bias graph is the
+    # affine map A_x z + c_x (verify's noise floor of the reconstruction)
+    bias_values: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def bias_layers(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
+        """The bias-by-layer graph (built on request: see `bias_layers`)."""
+        if self.walk is None:
+            raise ModelError("These artifacts were loaded from files: no bias-by-layer graph.")
+        return bias_layers(self.walk, self.selector)
 
     def graphs(self) -> dict[str, onnx.ModelProto]:
         """Every graph `files()` writes, by file name."""
@@ -251,6 +263,53 @@ class Artifacts:
         return _model_like(self.mask, graph, "scope")
 
 
+@dataclass
+class Walk:
+    """What every pass reads: the model, the interpreted input, the analysis, each needed node's
+    record, every name taken, and the dtype and shape of each tensor the mask rules made."""
+
+    model: AnalyzedModel
+    wrt: str
+    analysis: Analysis
+    records: dict[int, UnitRecord]
+    taken: set[str]
+    mask_types: dict[str, tuple[np.dtype, list]] = field(default_factory=dict)
+
+    def mask_type(self, name: str) -> tuple[np.dtype, list]:
+        """dtype and shape of a tensor of the mask graph (the model's or a rule's)."""
+        if name in self.model.info:
+            return self.model.dtype(name), list(self.model.shape(name))
+        return self.mask_types[name]
+
+    def graph_input(self, name: str, source: str) -> onnx.ValueInfoProto:
+        """A twin's input `name`, fed by the mask graph's `source`."""
+        return _vi(name, *self.mask_type(source))
+
+    def visit(self, ctx, b: GraphBuilder, emit, reverse=False, skip=None, what=None) -> None:
+        """The one loop of every pass: each needed node, in graph order (reversed for the
+        adjoint), with `ctx` moved to it and the names `b` makes prefixed by its label;
+        `emit(rule, node, ctx)` adds the node's part. `skip(ctx)` passes a node by. A refusal
+        (Unsupported) names the node: raised at once, or, with `what`, gathered over every node
+        and raised together (what = "adjoint": the model still has its other graphs)."""
+        needed = self.analysis.needed
+        problems = []
+        for idx in reversed(needed) if reverse else needed:
+            node = self.model.nodes[idx]
+            ctx.at(idx, node, self.analysis.plans[idx], self.records[idx])
+            if skip is not None and skip(ctx):
+                continue
+            b.prefix = f"{node_label(node, idx)}/"
+            try:
+                emit(rule_for(node), node, ctx)
+            except Unsupported as exc:
+                problems.append((node_label(node, idx), node.op_type, str(exc)))
+                if what is None:
+                    break
+        b.prefix = ""
+        if problems:
+            raise UnsupportedModelError(problems, **({"what": what} if what else {})) from None
+
+
 class Rewrite:
     """Builds the artifacts for `model` (already analyzed at fixed shapes) and input `wrt`."""
 
@@ -262,17 +321,19 @@ class Rewrite:
     def build(self) -> Artifacts:
         m = self.model
         taken = m.names()  # every name of the model, subgraphs included: none is made again
-        records = self._masks(taken)
+        records = {idx: self.analysis.record(idx) for idx in self.analysis.needed}
+        self.walk = Walk(m, self.wrt, self.analysis, records, taken)
+        self._masks()
         mask_outputs = [o for rec in records.values() for o in rec.masks.values()]
         taken |= set(mask_outputs) | set(_outputs_of(self._mb.nodes)) | set(self._mb.initializers)
         # the probe and selector inputs: their usual names unless the model has them
         names = GraphBuilder(m.opset, taken)
         self.probe, self.selector = names.fresh(PROBE), names.fresh(SELECTOR)
-        lin_model, lin_imports = self._twin(records, taken, affine=False)
-        bias_model, bias_imports = self._twin(records, taken, affine=True)
+        lin_model, lin_imports, _ = self._twin(affine=False)
+        bias_model, bias_imports, bias_values = self._twin(affine=True)
         adjoint, adj_imports, adj_probes, adj_error = None, {}, {}, None
         try:
-            adjoint, adj_imports, adj_probes = self._adjoint(records, taken)
+            adjoint, adj_imports, adj_probes = self._adjoint()
         except UnsupportedModelError as exc:
             adj_error = str(exc)
         imports = [*lin_imports.values(), *bias_imports.values(), *adj_imports.values()]
@@ -285,7 +346,6 @@ class Rewrite:
             manifest["adjoint_inputs"] = {"probes": adj_probes, "masks": adj_imports}
         else:
             manifest["adjoint_unavailable"] = adj_error
-        self._records, self._taken = records, taken
         # large constants the rules made join the model's weights in the store
         for graph_model in (mask_model, lin_model, bias_model, adjoint):
             if graph_model is not None:
@@ -301,40 +361,30 @@ class Rewrite:
             adj_imports,
             adj_probes,
             adj_error,
-            rewrite=self,
+            walk=self.walk,
             probe=self.probe,
             selector=self.selector,
             weights=m.weights,
+            bias_values=bias_values,
         )
 
     # -- mask graph ----------------------------------------------------------------------------
-    def _masks(self, taken: set[str]) -> dict[int, UnitRecord]:
+    def _masks(self) -> None:
         m = self.model
-        self._mb = GraphBuilder(m.opset, taken)
+        self._mb = GraphBuilder(m.opset, self.walk.taken)
         ctx = MaskContext(m, self._mb)
-        records = {}
-        for idx in self.analysis.needed:
-            node = m.nodes[idx]
-            rule, plan = rule_for(node), self.analysis.plans[idx]
-            ctx.node, ctx.index = node, idx
-            ctx.record = UnitRecord(
-                node_label(node, idx), node.op_type, plan.kind or rule.kind, plan.frozen
-            )
-            self._mb.prefix = f"{node_label(node, idx)}/"
-            try:
-                rule.masks(node, ctx)
-            except Unsupported as exc:
-                raise UnsupportedModelError(
-                    [(node_label(node, idx), node.op_type, str(exc))]
-                ) from None
+        lin = self.analysis.lin
+
+        def emit(rule, node, ctx):
+            rule.masks(node, ctx)
             for i, name in enumerate(node.input):  # frozen operands are masks too
-                if name in self.analysis.lin and i not in plan.carried:
+                if name in lin and i not in ctx.plan.carried:
                     ctx.add(f"frozen:{name}", name)
-            records[idx] = ctx.record
+
+        self.walk.visit(ctx, self._mb, emit)
         self._replaced = ctx.replaced
         self._fixes = self._inference_fixes()
-        self._mask_types = self._measure_mask_types()
-        return records
+        self.walk.mask_types = self._measure_mask_types()
 
     def _mask_graph(self) -> onnx.GraphProto:
         """The original graph plus the mask nodes; a rule may replace a node in place (a MaxPool
@@ -393,7 +443,7 @@ class Rewrite:
         m = self.model
         graph = self._mask_graph()
         names = list(dict.fromkeys([*m.outputs, *exported]))
-        facts = {n: (self._mask_dtype(n), self._mask_shape(n)) for n in names}
+        facts = {n: self.walk.mask_type(n) for n in names}
         graph.output.extend(
             _vi(n, dtype, [None] * len(shape)) for n, (dtype, shape) in facts.items()
         )
@@ -409,26 +459,16 @@ class Rewrite:
         return _model_like(m.model, graph, "mask")
 
     # -- linear and affine twins ---------------------------------------------------------------
-    def _twin(self, records, taken, affine: bool):
-        m = self.model
-        b = GraphBuilder(m.opset, taken | {self.probe})
+    def _twin(self, affine: bool):
+        m, walk = self.model, self.walk
+        b = GraphBuilder(m.opset, walk.taken | {self.probe})
         x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
         if affine:  # the affine twin at z = 0 gives the bias image
             probe = b.const(np.zeros((1, *x_shape), x_dtype), hint="zero_probe")
         else:
             probe = self.probe
-        c = LinearContext(self, b, probe, affine)
-        for idx in self.analysis.needed:
-            node = m.nodes[idx]
-            c.node, c.record, c.plan = node, records[idx], self.analysis.plans[idx]
-            b.prefix = f"{node_label(node, idx)}/"
-            try:
-                rule_for(node).linear(node, c)
-            except Unsupported as exc:
-                raise UnsupportedModelError(
-                    [(node_label(node, idx), node.op_type, str(exc))]
-                ) from None
-        b.prefix = ""
+        c = LinearContext(m, self.wrt, b, probe, affine)
+        walk.visit(c, b, lambda rule, node, c: rule.linear(node, c))
         outputs = []
         for name in m.outputs:
             shape, dtype = m.shape(name), m.dtype(name)
@@ -441,102 +481,39 @@ class Rewrite:
             out = b.op("Identity", [result], outputs=[name])
             outputs.append(_vi(out, dtype, [1 if affine else "K", *shape]))
         inputs = [] if affine else [_vi(probe, x_dtype, ["K", *x_shape])]
-        for lin_name, source in c.imports.items():
-            inputs.append(_vi(lin_name, self._mask_dtype(source), self._mask_shape(source)))
+        inputs += [walk.graph_input(name, source) for name, source in c.imports.items()]
         nodes = b.nodes
         if not affine:
             nodes = fold_frozen_factors(nodes, [probe], m.outputs, b.fresh)
         graph = helper.make_graph(
             nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
         )
-        return _model_like(m.model, graph, "bias" if affine else "linear"), dict(c.imports)
+        model = _model_like(m.model, graph, "bias" if affine else "linear")
+        return model, dict(c.imports), dict(c.env)
 
-    def bias_layers(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
-        """A graph splitting c_x by the node that injects each bias or intercept.
-
-        Input `selector` [K, L] picks, per slice, which of the L needed nodes keep their affine
-        terms: node l emits lin + selector[:, l] * (affine - lin), and affine - lin is exactly the
-        constant the node adds. At z = 0, selector = I gives node l's share of c_x in slice l;
-        the shares sum to c_x by linearity. Returns (model, imports, node labels).
-        """
-        m = self.model
-        selector = self.selector
-        b = GraphBuilder(m.opset, self._taken | {selector})
-        x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
-        count = b.slice(b.op("Shape", [selector]), [0], [1], [0], "count")
-        probe = b.op(
-            "Expand",
-            [
-                b.const(np.zeros((), x_dtype)),
-                b.op("Concat", [count, b.ints(x_shape)], "zshape", axis=0),
-            ],
-        )
-        c = LinearContext(self, b, probe, affine=False)
-        labels = []
-        for position, idx in enumerate(self.analysis.needed):
-            node = m.nodes[idx]
-            c.node, c.record, c.plan = node, self._records[idx], self.analysis.plans[idx]
-            b.prefix = f"{node_label(node, idx)}/"
-            labels.append(node_label(node, idx))
-            rule = rule_for(node)
-            c.affine = False
-            rule.linear(node, c)
-            plain = {j: c.env[node.output[j]] for j in c.plan.lin_outputs}
-            c.affine = True
-            rule.linear(node, c)
-            pick = b.slice(selector, [position], [position + 1], [1], "pick")
-            for j, lin in plain.items():
-                rank = len(m.shape(node.output[j]))
-                gate = b.reshape(pick, [-1, *([1] * rank)], "gate")
-                added = b.op("Sub", [c.env[node.output[j]], lin], "added")
-                c.env[node.output[j]] = b.op("Add", [lin, b.op("Mul", [gate, added])], "mixed")
-        b.prefix = ""
-        outputs = []
-        for name in m.outputs:
-            result = c.env.get(name) or c.zeros(m.shape(name), m.dtype(name))
-            out = b.op("Identity", [result], outputs=[name])
-            outputs.append(_vi(out, m.dtype(name), ["K", *m.shape(name)]))
-        inputs = [_vi(selector, x_dtype, ["K", len(labels)])]
-        for name, source in c.imports.items():
-            inputs.append(_vi(name, self._mask_dtype(source), self._mask_shape(source)))
-        graph = helper.make_graph(
-            b.nodes, "bias_layers", inputs, outputs, list(b.initializers.values())
-        )
-        model = _model_like(m.model, graph, "bias by layer")
-        m.weights.externalize(model.graph)
-        validate_graph(model, "bias-by-layer graph", m.weights)
-        return model, dict(c.imports), labels
-
-    def _adjoint(self, records, taken):
+    def _adjoint(self):
         """The adjoint graph: output-space probes w (one input per model output) -> A_x^T w."""
-        m = self.model
-        b = GraphBuilder(max(m.opset, ADJOINT_MIN_OPSET), taken)
+        m, walk = self.model, self.walk
+        b = GraphBuilder(max(m.opset, ADJOINT_MIN_OPSET), walk.taken)
         single = len(m.outputs) == 1
         probes = {o: b.fresh(PROBE if single else f"{PROBE}:{o}") for o in m.outputs}
         seeds = {o: p for o, p in probes.items() if o in self.analysis.lin}
-        a = AdjointContext(self, b, seeds or probes)
-        problems = []
-        for idx in reversed(self.analysis.needed):
-            node = m.nodes[idx]
-            a.node, a.record, a.plan = node, records[idx], self.analysis.plans[idx]
-            if all(a.grad(j) is None for j in a.plan.lin_outputs):
-                continue
-            b.prefix = f"{node_label(node, idx)}/"
-            try:
-                rule_for(node).adjoint(node, a)
-            except Unsupported as exc:
-                problems.append((node_label(node, idx), node.op_type, str(exc)))
-        if problems:
-            raise UnsupportedModelError(problems, what="adjoint")
-        b.prefix = ""
+        a = AdjointContext(m, self.wrt, b, seeds or probes)
+        walk.visit(
+            a,
+            b,
+            lambda rule, node, a: rule.adjoint(node, a),
+            reverse=True,
+            skip=lambda a: all(a.grad(j) is None for j in a.plan.lin_outputs),
+            what="adjoint",
+        )
         x_shape, x_dtype = m.shape(self.wrt), m.dtype(self.wrt)
         result = a.total(self.wrt) if seeds else None
         if result is None:
             result = a.zeros(x_shape, x_dtype)
         out = b.op("Identity", [result], outputs=[self.wrt])
         inputs = [_vi(p, m.dtype(o), ["K", *m.shape(o)]) for o, p in probes.items()]
-        for name, source in a.imports.items():
-            inputs.append(_vi(name, self._mask_dtype(source), self._mask_shape(source)))
+        inputs += [walk.graph_input(name, source) for name, source in a.imports.items()]
         graph = helper.make_graph(
             fold_frozen_factors(b.nodes, probes.values(), [out], b.fresh),
             "adjoint",
@@ -546,14 +523,6 @@ class Rewrite:
         )
         model = _model_like(m.model, graph, "adjoint", min_opset=b.opset)
         return model, dict(a.imports), probes
-
-    def _mask_dtype(self, name: str):
-        return self.model.dtype(name) if name in self.model.info else self._mask_types[name][0]
-
-    def _mask_shape(self, name: str):
-        return (
-            list(self.model.shape(name)) if name in self.model.info else self._mask_types[name][1]
-        )
 
     def _measure_mask_types(self) -> dict[str, tuple[np.dtype, list]]:
         """dtype and shape of every tensor the mask rules made, from one ONNX Runtime run of the
@@ -597,6 +566,60 @@ class Rewrite:
             "outputs": self.model.outputs,
             "units": units,
         }
+
+
+def bias_layers(walk: Walk, selector: str) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
+    """A graph splitting c_x by the node that injects each bias or intercept.
+
+    Input `selector` [K, L] picks, per slice, which of the L needed nodes keep their affine
+    terms: node l emits lin + selector[:, l] * (affine - lin), and affine - lin is exactly the
+    constant the node adds. At z = 0, selector = I gives node l's share of c_x in slice l;
+    the shares sum to c_x by linearity. Returns (model, imports, node labels).
+    """
+    m = walk.model
+    b = GraphBuilder(m.opset, walk.taken | {selector})
+    x_shape, x_dtype = m.shape(walk.wrt), m.dtype(walk.wrt)
+    count = b.slice(b.op("Shape", [selector]), [0], [1], [0], "count")
+    probe = b.op(
+        "Expand",
+        [
+            b.const(np.zeros((), x_dtype)),
+            b.op("Concat", [count, b.ints(x_shape)], "zshape", axis=0),
+        ],
+    )
+    c = LinearContext(m, walk.wrt, b, probe, affine=False)
+    labels = []
+
+    def emit(rule, node, c):
+        position = len(labels)
+        labels.append(node_label(node, c.index))
+        c.affine = False
+        rule.linear(node, c)
+        plain = {j: c.env[node.output[j]] for j in c.plan.lin_outputs}
+        c.affine = True
+        rule.linear(node, c)
+        pick = b.slice(selector, [position], [position + 1], [1], "pick")
+        for j, lin in plain.items():
+            rank = len(m.shape(node.output[j]))
+            gate = b.reshape(pick, [-1, *([1] * rank)], "gate")
+            added = b.op("Sub", [c.env[node.output[j]], lin], "added")
+            c.env[node.output[j]] = b.op("Add", [lin, b.op("Mul", [gate, added])], "mixed")
+
+    walk.visit(c, b, emit)
+    outputs = []
+    for name in m.outputs:
+        result = c.env.get(name) or c.zeros(m.shape(name), m.dtype(name))
+        out = b.op("Identity", [result], outputs=[name])
+        outputs.append(_vi(out, m.dtype(name), ["K", *m.shape(name)]))
+    inputs = [_vi(selector, x_dtype, ["K", len(labels)])]
+    inputs += [walk.graph_input(name, source) for name, source in c.imports.items()]
+    graph = helper.make_graph(
+        b.nodes, "bias_layers", inputs, outputs, list(b.initializers.values())
+    )
+    model = _model_like(m.model, graph, "bias by layer")
+    m.weights.externalize(model.graph)
+    validate_graph(model, "bias-by-layer graph", m.weights)
+    return model, dict(c.imports), labels
 
 
 def _session(model: onnx.ModelProto, role: str, weights: Weights | None = None):

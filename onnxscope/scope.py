@@ -45,6 +45,7 @@ class _Sessions:
         self.mask = make(artifacts.mask)
         self.mask_outputs = [o.name for o in self.mask.get_outputs()]
         self._make, self._bias_layers, self._expected, self._jittered = make, None, None, None
+        self._affine: dict[bool, tuple] = {}
         self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
         self.probe_bytes = _probe_bytes(artifacts)
         self.fixed_shapes = self.device == "cuda"  # pad short probe batches (see _batched)
@@ -71,6 +72,20 @@ class _Sessions:
             self._jittered = self._make(graph, optimize=False)
         return self._jittered
 
+    def affine(self, model: AnalyzedModel, jittered: bool):
+        """(session, probe input) of the affine map A_x z + c_x in one graph (the bias graph fed
+        z), its values of the model's tensors jittered or not (verify's noise floor of the
+        reconstruction), run without graph optimizations."""
+        if jittered not in self._affine:
+            from .verify import affine_map, jittered_affine
+
+            a = self.artifacts
+            graph, probe = affine_map(a.bias, a.bias_values, a.manifest["wrt"])
+            if jittered:
+                graph = jittered_affine(graph, a.bias_values, a.manifest["wrt"], model)
+            self._affine[jittered] = (self._make(graph, optimize=False), probe)
+        return self._affine[jittered]
+
     def expected_shapes(self, model: AnalyzedModel) -> list[tuple[str, list[int]]]:
         """(mask graph output, static shape) for every model output and mask of the rewrite
         (`model` is the analysis it was built from), computed once."""
@@ -89,7 +104,7 @@ class _Sessions:
     def bias_layers(self):
         """(session, imports, node labels) of the bias-by-layer graph, built on first use."""
         if self._bias_layers is None:
-            model, imports, labels = self.artifacts.rewrite.bias_layers()
+            model, imports, labels = self.artifacts.bias_layers()
             self._bias_layers = (self._make(model), imports, labels)
         return self._bias_layers
 
@@ -440,13 +455,33 @@ class Interpretation:
             return self._s.artifacts.adjoint_error or "no adjoint graph"
         return None
 
-    def jittered_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def jittered_outputs(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
         """F at another value of the interpreted input (the other inputs as given), with every
-        intermediate tensor rounded another way (`verify.jittered_model`): a measure of the
-        model's own float noise. This interpretation is left as it is."""
+        intermediate tensor rounded another way (`verify.jittered_model`), once per draw of
+        `verify.JITTERS`: a measure of the model's own float noise. This interpretation is
+        left as it is."""
+        from .verify import FREQUENCY, JITTERS
+
         feeds = {**self.inputs, self.scope.wrt: np.ascontiguousarray(x, dtype=self.x.dtype)}
         session = self._s.jittered(self.model)
-        return dict(zip(self.output_names, session.run(self.output_names, feeds)))
+        draws = [{**feeds, FREQUENCY: np.asarray(f, np.float64)} for f in JITTERS]
+        return [dict(zip(self.output_names, session.run(self.output_names, d))) for d in draws]
+
+    def affine_outputs(self, z: np.ndarray, jittered: bool = False):
+        """A_x z + c_x for one z shaped like x, evaluated in one graph (the bias graph fed z).
+        `jittered`: a list, one per draw of `verify.JITTERS`, with its value of each of the
+        model's tensors rounded another way (`verify.jittered_affine`): the model's own float
+        noise carried by the frozen map."""
+        from .verify import FREQUENCY, JITTERS
+
+        session, probe = self._s.affine(self.model, jittered)
+        feeds = {probe: np.ascontiguousarray(np.asarray(z, dtype=self.x.dtype)[None])}
+        draws = [{FREQUENCY: np.asarray(f, np.float64)} for f in JITTERS] if jittered else [{}]
+        outputs = []
+        for draw in draws:
+            values = self._run(session, self._s.artifacts.bias_imports, {**feeds, **draw})
+            outputs.append({n: values[n][0] for n in self.output_names})
+        return outputs if jittered else outputs[0]
 
     # -- plumbing ------------------------------------------------------------------------------
     def _batched(self, session, imports, stacked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -520,16 +555,13 @@ class Interpretation:
 def _probe_bytes(artifacts: Artifacts) -> int:
     """Bytes that one probe adds to a run of the linear graph if no buffer were reused: every
     tensor on the linear path of the model, at its static shape."""
-    rewrite_ = artifacts.rewrite
-    if rewrite_ is None:
+    walk = artifacts.walk
+    if walk is None:
         return 0
-    model = rewrite_.analysis.model
-    total = 0
-    for name in rewrite_.analysis.lin:
-        try:
+    model, total = walk.model, 0
+    for name in walk.analysis.lin:
+        if name in model.info:  # (tensors without static facts: sequences, maps)
             total += int(np.prod(model.shape(name))) * model.dtype(name).itemsize
-        except (KeyError, TypeError, ValueError):  # a tensor without static facts
-            continue
     return total
 
 

@@ -14,8 +14,10 @@ floor measured in the same run, so that `verify` says neither "ok" on a wrong an
 Noise floors: float arithmetic cannot evaluate a map more exactly than the map moves when its
 argument is perturbed at its own precision. So each check also runs its map rounded otherwise
 (each element scaled by 1 ± eps, eps the dtype's machine epsilon): the model at x̃ with every
-intermediate tensor so perturbed too (`noise["reconstruction"]`: the model's own float noise,
-which bounds how exactly any float evaluation can reproduce F(x); `jittered_model`), A_x at z̃₁
+intermediate tensor so perturbed too (the model's own float noise, which bounds how exactly any
+float evaluation can reproduce F(x); `jittered_model`) and the affine map A_x z + c_x at x̃ with
+its value of each of the model's tensors so perturbed (`jittered_affine`), their sum
+`noise["reconstruction"]`; A_x at z̃₁
 and A_xᵀ at w̃ (the noise of the linear and adjoint graphs themselves), each in the units of
 its error. A check passes when its error is at
 most max(tol, NOISE_FACTOR × its noise): an exact rewrite of a deep, cancelling net (a Gemm over
@@ -38,7 +40,12 @@ if TYPE_CHECKING:
 # a check passes when its error is at most max(tol, NOISE_FACTOR x its measured noise floor)
 NOISE_FACTOR = 8.0
 DEFAULT_TOL = 1e-5
-JITTER = 12345.678  # sin(JITTER * t): a pseudo-random sign per element of a tensor t
+# sin(f * t) for each f: pseudo-random factors 1 + eps sin(f t) per element of a tensor t, one
+# draw per frequency. A factor rounds to 1 - eps/2, 1, or 1 + eps, so one draw leaves two
+# elements that cancel (x_i - x_k) rounded alike about one time in four; the worst of four
+# draws misses about one time in 250.
+JITTERS = (12345.678, 23456.789, 34567.891, 45678.912)
+FREQUENCY = "onnxscope_jitter/frequency"  # the jittered graphs' input for f
 EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}
 
 
@@ -109,11 +116,20 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
         _flat({n: v[k] for n, v in images.items()}) for k in range(5)
     )
     f, c = _flat(it.outputs), _flat(it.biases)
-    f_wiggled = _flat(it.jittered_outputs(wiggle(x)))
+    x_wiggled = wiggle(x)
+    affine = _flat(it.affine_outputs(x))
     norm = _norm
+    # F's own noise, plus that of A_x x + c_x: the model's tensors rounded otherwise, carried
+    # through the frozen map (more than F shows where a frozen gain exceeds the unit's slope);
+    # each the worst of the draws
+    floor = 0.0
+    for f_draw, a_draw in zip(
+        it.jittered_outputs(x_wiggled), it.affine_outputs(x_wiggled, jittered=True)
+    ):
+        floor = max(floor, norm(_flat(f_draw) - f) + norm(_flat(a_draw) - affine))
     size, terms = norm(f), norm(ax) + norm(c)
     errors = {"reconstruction": _ratio(norm(f - (ax + c)), size)}
-    noise = {"reconstruction": _ratio(norm(f_wiggled - f), size)}
+    noise = {"reconstruction": _ratio(floor, size)}
     conditioning = _ratio(terms, size) if size or terms else 1.0  # 0 = 0 + 0: conditioned
 
     combo = a * az1 + b * az2
@@ -141,48 +157,94 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
 def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
     """`model` (a graph of the analysed model's tensors, such as the mask graph) with every
     float32/float64 tensor that depends on the inputs (shape computations and constants left
-    as they are) multiplied by 1 + eps * sin(JITTER * t), eps the
-    dtype's machine epsilon: the same computation with each intermediate rounded another way,
-    pseudo-randomly per element (ONNX Runtime lacks RandomUniformLike at opset 22). How far its
-    outputs move is the model's own float noise, including what the rounding of an intermediate
-    does downstream (logits -x - 20000 are only known to ulp(20000))."""
-    from .builder import GraphBuilder
-    from .model import default_opset, graph_names
+    as they are) rounded another way (`_jittered`). How far its outputs move is the model's own
+    float noise, including what the rounding of an intermediate does downstream (logits
+    -x - 20000 are only known to ulp(20000)). A normalization's output also moves by its
+    kernel's own rounding, which no rounding of its input shows (`Normalization.rounding_scale`)."""
     from .registry import rule_for
     from .rules.normalization import Normalization
+
+    def dtype_of(name: str):
+        try:  # values that depend on the inputs; not shape computations or constants
+            return None if analysis.is_static(name) else np.dtype(analysis.dtype(name))
+        except Exception:  # a tensor of the rewrite's own, or without static facts
+            return None
+
+    def kernel_rounding(node, b, dtype) -> str | None:
+        rule = rule_for(node)
+        if not isinstance(rule, Normalization):
+            return None
+        scale_max = float(np.max(np.abs(analysis.static_value(node.input[1]))))
+        return rule.rounding_scale(node, b, analysis.shape(node.input[0]), dtype, scale_max)
+
+    return _jittered(model, dtype_of, kernel_rounding)
+
+
+def affine_map(bias: onnx.ModelProto, values: Mapping[str, str], wrt: str):
+    """The bias graph fed z instead of its zero probe: A_x z + c_x, the affine map the
+    interpretation is, in one graph (`values`: model tensor -> bias-graph tensor, `values[wrt]`
+    its zero probe). Returns (model, the probe input's name)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(bias)
+    graph, probe = out.graph, values[wrt]
+    (zero,) = [t for t in graph.initializer if t.name == probe]
+    graph.initializer.remove(zero)
+    graph.input.insert(0, onnx.helper.make_tensor_value_info(probe, zero.data_type, zero.dims))
+    return out, probe
+
+
+def jittered_affine(affine: onnx.ModelProto, values: Mapping[str, str], wrt: str, analysis):
+    """`affine_map`'s graph with its value of each of the model's input-dependent float
+    tensors rounded another way. At z = x̃ its outputs move by the model's own rounding carried
+    to the outputs by the frozen map: where a frozen gain (the secant of a saturated unit)
+    exceeds the unit's slope, that is more than F's own noise shows, and it is what separates
+    A_x x + c_x from the model's F(x). Only the model's own tensors are rounded otherwise: the
+    terms of a rule that dwarf their sum are not, so a rule that cancels still fails."""
+    dtypes = {}
+    for name, twin in values.items():
+        if name != wrt and not analysis.is_static(name):
+            dtypes[twin] = np.dtype(analysis.dtype(name))
+    return _jittered(affine, dtypes.get)
+
+
+def _jittered(model: onnx.ModelProto, dtype_of, kernel_rounding=None) -> onnx.ModelProto:
+    """`model` with each node output t for which `dtype_of(t)` is float32/float64 multiplied by
+    1 + eps * sin(f * t) (eps the dtype's machine epsilon, f the float64 input FREQUENCY): the
+    same computation with t rounded another way, pseudo-randomly per element (ONNX Runtime lacks
+    RandomUniformLike at opset 22); plus eps times `kernel_rounding(node, builder, dtype)` where
+    that gives one."""
+    from .builder import GraphBuilder
+    from .model import default_opset, graph_names
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    b = GraphBuilder(default_opset(out), graph_names(graph), "onnxscope_jitter/")
+    b = GraphBuilder(default_opset(out), graph_names(graph) | {FREQUENCY}, "onnxscope_jitter/")
+    graph.input.append(onnx.helper.make_tensor_value_info(FREQUENCY, onnx.TensorProto.DOUBLE, []))
+    frequencies: dict[np.dtype, str] = {}  # the frequency in each float dtype
     nodes = []
     for node in list(graph.node):
         nodes.append(node)
         for j, name in enumerate(node.output):
-            try:  # values that depend on the inputs; not shape computations or constants
-                dtype = np.dtype(analysis.dtype(name))
-                if not name or analysis.is_static(name) or dtype not in EPS:
-                    continue
-            except Exception:  # a tensor of the rewrite's own, or without static facts
+            dtype = dtype_of(name) if name else None
+            if dtype not in EPS:
                 continue
             raw = b.fresh(name)
             node.output[j] = raw
-            jitter, eps, one = (b.const(np.asarray(v, dtype)) for v in (JITTER, EPS[dtype], 1))
             start = len(b.nodes)
+            if dtype not in frequencies:
+                to = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+                frequencies[dtype] = b.op("Cast", [FREQUENCY], "frequency", to=to)
+            jitter = frequencies[dtype]
+            eps, one = (b.const(np.asarray(v, dtype)) for v in (EPS[dtype], 1))
             wave = b.op("Sin", [b.op("Mul", [raw, jitter])], "wave")
             scale = b.op("Add", [b.op("Mul", [wave, eps]), one], "scale")
-            rule = rule_for(node)
-            if j == 0 and isinstance(rule, Normalization):
-                # its kernel's own rounding, which no rounding of its input shows (the output
-                # of a group of equal values is bias whatever they are)
-                jittered = b.op("Mul", [raw, scale], "jittered")
-                scale_max = float(np.max(np.abs(analysis.static_value(node.input[1]))))
-                terms = rule.rounding_scale(
-                    node, b, analysis.shape(node.input[0]), dtype, scale_max
-                )
-                b.op("Add", [jittered, b.op("Mul", [terms, eps])], outputs=[name])
-            else:
+            terms = kernel_rounding(node, b, dtype) if kernel_rounding and j == 0 else None
+            if terms is None:
                 b.op("Mul", [raw, scale], outputs=[name])
+            else:
+                jittered = b.op("Mul", [raw, scale], "jittered")
+                b.op("Add", [jittered, b.op("Mul", [terms, eps])], outputs=[name])
             nodes.extend(b.nodes[start:])
     del graph.node[:]
     graph.node.extend(nodes)

@@ -52,7 +52,7 @@ LARGE_BYTES = 256 << 20
 # do: no copy (interpret + verify of a 604 MB MLP at 2.1x its weights instead of 3.2x, 2x faster),
 # but the bias and adjoint round otherwise than before (1e-7 relative: prepacked MatMuls sum in
 # another order) and a Conv's result may change (no NCHWc layout for a weight computed in a run).
-KEEP_FOLDING = True
+KEEP_FOLDING = False
 FOLDING = ["ConstantFolding"]  # ONNX Runtime's optimizer that reads initializers' data
 
 # Every store's offsets lie in a range of their own, [k BLOCK, (k + 1) BLOCK) for the k-th store

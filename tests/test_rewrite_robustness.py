@@ -37,7 +37,7 @@ def loads_everywhere(checked) -> dict[str, onnx.ModelProto]:
     arts = checked.artifacts
     graphs = arts.graphs()
     arts.validate(graphs)  # the checker and an ONNX Runtime session for each
-    arts.rewrite.bias_layers()  # validated as it is built
+    arts.bias_layers()  # validated as it is built
     return graphs
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Plan, Rule, Unsupported, attr, register
-from .units import _operand, is_zero
+from ..registry import register
+from .kinds import Plan, Rule, Unsupported, attr, is_zero, operand, register_self_linear
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}
 # ops a gate signal passes through unchanged in nature (elementwise with a constant, reshapes)
@@ -74,7 +74,7 @@ class Sum(Rule):
         terms = [i for i in range(len(node.input)) if c.has_lin(i) or c.affine]
         y = None
         for i in terms:
-            t = _operand(c, i, rank)
+            t = operand(c, i, rank)
             if y is None:
                 y = c.b.op("Neg", [t]) if node.op_type == "Sub" and i == 1 else t
             else:
@@ -98,13 +98,7 @@ class Sum(Rule):
 register("Add", "Sub", "Sum", "Mean")(Sum)
 
 
-@register("Neg")
-class Neg(Rule):
-    def linear(self, node, c) -> None:
-        c.set_out(c.b.op("Neg", [c.lin(0)]))
-
-    def adjoint(self, node, a) -> None:
-        a.add_grad(0, a.b.op("Neg", [a.grad()]))
+register_self_linear("Neg")
 
 
 @register("Mul")
@@ -264,7 +258,7 @@ class Where(Rule):
     def linear(self, node, c) -> None:
         rank = len(c.out_shape())
         # cond has the output's shape or broadcasts to it, so y is [K, *out]
-        c.set_out(c.b.op("Where", [c.value(0), _operand(c, 1, rank), _operand(c, 2, rank)], "y"))
+        c.set_out(c.b.op("Where", [c.value(0), operand(c, 1, rank), operand(c, 2, rank)], "y"))
 
     def adjoint(self, node, a) -> None:
         zero = a.const(0, 1)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Plan, Rule, Unsupported, attr, register
+from ..registry import register
+from .kinds import Plan, Rule, Unsupported, attr
 
 
 def conv_geometry(node, in_shape, w_shape, out_shape, transposed: bool):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
+from ..registry import register
+from .kinds import Plan, Rule, Unsupported, attr, normalize_axis
 
 
 def _channel_shape(c, values: int) -> list[int]:

@@ -15,8 +15,9 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from .. import separable
-from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
+from ..registry import register
 from .conv import conv_geometry
+from .kinds import PerSample, Plan, Rule, SeparablePerSample, Unsupported, attr, normalize_axis
 
 
 def reduce_axes(node, c_or_model, rank: int) -> list[int] | None:
@@ -32,7 +33,10 @@ def reduce_axes(node, c_or_model, rank: int) -> list[int] | None:
     return sorted(normalize_axis(a, rank) for a in axes)
 
 
-class Selection(Rule):
+class FlatIndexSelection(Rule):
+    """Each output copies one input element, named by its flat index into the N*C*H*W input (a
+    mask): the twin gathers through it, the adjoint scatter-adds back."""
+
     kind = "selection"
 
     def plan(self, node, lin, model) -> Plan:
@@ -71,7 +75,7 @@ class Selection(Rule):
 
 
 @register("MaxPool")
-class MaxPool(Selection):
+class MaxPool(FlatIndexSelection):
     """The mask is the offset (in C order over the kernel) of the first maximum in each window.
 
     Mask graph: a Conv with one-hot kernels (one output channel per kernel offset, the pool's own
@@ -245,7 +249,7 @@ class MaxPool(Selection):
 
 
 @register("GlobalMaxPool", "ReduceMax", "ReduceMin")
-class ReduceSelection(Selection):
+class ReduceSelection(FlatIndexSelection):
     def plan(self, node, lin, model) -> Plan:
         if any(lin[1:]):
             raise Unsupported("input-dependent reduction axes are not supported")
@@ -274,40 +278,6 @@ class ReduceSelection(Selection):
         extreme = m.b.reduce(op, u, axes, True, "extreme")
         hits = m.b.op("Where", [m.b.equal(u, extreme), index, m.b.const(np.int64(numel))])
         m.add("argmax", m.b.reduce("ReduceMin", hits, axes, keep, "argmax"))
-
-
-class PerSample(Rule):
-    """A linear op applied to each sample alike: fold the probes into the batch axis."""
-
-    def plan(self, node, lin, model) -> Plan:
-        if any(lin[1:]):
-            raise Unsupported("only the data input may depend on the interpreted input")
-        return Plan((0,), (0,))
-
-    def linear(self, node, c) -> None:
-        rest = [c.value(i) if node.input[i] else "" for i in range(1, len(node.input))]
-        c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), node.op_type, rest))
-
-
-class SeparablePerSample(PerSample):
-    """A per-sample op that acts on each spatial axis separately (pooling, resampling): its
-    adjoint contracts the cotangent with the transposed per-axis matrices."""
-
-    def restricted(self, node, a, axis: int | None, x: np.ndarray) -> np.ndarray:
-        """The op on x ([B, 1, *spatial]) acting on `axis` only (all axes when None)."""
-        raise NotImplementedError
-
-    def adjoint(self, node, a) -> None:
-        in_shape, dtype = a.in_shape(0), a.dtype(0)
-        matrices = {}
-        for axis in range(2, len(in_shape)):
-            basis = separable.identity_basis(in_shape[axis], [1] * len(in_shape), axis, dtype)
-            m = separable.matrix_from_outputs(self.restricted(node, a, axis, basis), axis)
-            if m.shape[0] != m.shape[1] or not np.array_equal(m, np.eye(len(m), dtype=m.dtype)):
-                matrices[axis] = m
-        x = np.random.default_rng(0).standard_normal((1, 1, *in_shape[2:])).astype(dtype)
-        separable.check_separable(self.restricted(node, a, None, x), x, matrices, node.op_type)
-        a.add_grad(0, separable.contract(a, a.grad(), a.out_shape(), matrices))
 
 
 @register("AveragePool")

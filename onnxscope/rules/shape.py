@@ -10,17 +10,20 @@ import numpy as np
 from onnx import helper
 
 from .. import separable
-from ..registry import Plan, Rule, Unsupported, ValueRule, attr, normalize_axis, register
-from .pooling import PerSample, SeparablePerSample
-
-
-class DataOnly(Rule):
-    """Ops linear in input 0 whose other inputs (shapes, indices, pads) are values."""
-
-    def plan(self, node, lin, model) -> Plan:
-        if any(lin[1:]):
-            raise Unsupported("only the data input may depend on the interpreted input")
-        return Plan((0,), tuple(range(len(node.output))))
+from ..registry import register
+from .kinds import (
+    DataOnly,
+    PassThrough,
+    PerSample,
+    Plan,
+    Rule,
+    SeparablePerSample,
+    Unsupported,
+    ValueRule,
+    attr,
+    normalize_axis,
+    register_self_linear,
+)
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -33,29 +36,17 @@ class Reshape(DataOnly):
         a.add_grad(0, a.b.reshape(a.grad(), [-1, *a.in_shape(0)], "g"))
 
 
-@register("Identity")
-class Identity(DataOnly):
-    def linear(self, node, c) -> None:
-        c.set_out(c.lin(0))
-
-    def adjoint(self, node, a) -> None:
-        a.add_grad(0, a.grad())
+register_self_linear("Identity", kind=PassThrough)
 
 
 @register("Dropout")
-class Dropout(DataOnly):
+class Dropout(PassThrough):
     # inference: identity; the optional mask output is a value
     def plan(self, node, lin, model) -> Plan:
         if len(node.input) > 2 and node.input[2]:
             if not model.is_static(node.input[2]) or model.static_value(node.input[2]):
                 raise Unsupported("Dropout in training mode is random")
-        return Plan((0,), (0,))
-
-    def linear(self, node, c) -> None:
-        c.set_out(c.lin(0))
-
-    def adjoint(self, node, a) -> None:
-        a.add_grad(0, a.grad())
+        return super().plan(node, lin, model)
 
 
 FLOAT_TYPES = {

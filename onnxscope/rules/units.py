@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-from ..registry import Plan, Rule, Unsupported, attr, normalize_axis, register
+from ..registry import register
+from .kinds import Plan, Rule, Unsupported, attr, is_zero, normalize_axis, operand
 
 # For f(0) != 0, |u| below this uses the limit f'(0) (relative gain error ~ |f''/f'| * eps / 2)
 SECANT_EPS = 1e-7
@@ -92,11 +93,6 @@ def _onnx_type(dtype) -> int:
     from onnx import helper
 
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-
-
-def is_zero(m, u: str) -> str:
-    """u == 0."""
-    return m.b.equal(u, m.b.const(np.asarray(0, m.dtype(u))), "at_zero")
 
 
 def _greater(m, u, threshold) -> str:
@@ -557,7 +553,7 @@ class LogSoftmax(CentredSoftmax):
 
 
 @register("Max", "Min")
-class Selection(Rule):
+class OperandSelection(Rule):
     """Max/Min of several operands: each output element copies the operand that won at x.
 
     With a constant operand this is a Relu-like unit (Max(u, 0) is Relu). Ties go to the earlier
@@ -576,14 +572,14 @@ class Selection(Rule):
             return
         beats = "Greater" if node.op_type == "Max" else "Less"
         best, state = node.input[0], None
-        for k, operand in enumerate(node.input[1:], start=1):
-            wins = m.b.op(beats, [operand, best], "wins")
+        for k, other in enumerate(node.input[1:], start=1):
+            wins = m.b.op(beats, [other, best], "wins")
             if len(node.input) == 2:
                 state = wins
                 break
             prev = state if state is not None else m.b.const(np.uint8(0))
             state = m.b.op("Where", [wins, m.b.const(np.uint8(k)), prev], "winner")
-            best = m.b.op(node.op_type, [best, operand], "best")
+            best = m.b.op(node.op_type, [best, other], "best")
         m.add("winner", state)
 
     def linear(self, node, c) -> None:
@@ -591,7 +587,7 @@ class Selection(Rule):
             c.set_out(c.lin(0))
             return
         rank = len(c.out_shape())
-        operands = [_operand(c, i, rank) for i in range(len(node.input))]
+        operands = [operand(c, i, rank) for i in range(len(node.input))]
         c.set_out(_select(c, c.mask("winner"), operands, len(operands) == 2))
 
     def adjoint(self, node, a) -> None:
@@ -604,12 +600,3 @@ class Selection(Rule):
             won = _select(a, a.mask("winner"), [one if k == i else zero for k in range(n)], n == 2)
             g = a.b.op("Mul", [a.grad(), won], "g")
             a.add_grad(i, a.unbroadcast(g, a.out_shape(), a.in_shape(i)))
-
-
-def _operand(c, i: int, rank: int) -> str:
-    """Input i as [K, ...] aligned to `rank`: its twin, else 0 (or its value when affine)."""
-    if c.has_lin(i):
-        return c.aligned(i, rank)
-    if c.affine:
-        return c.value(i)
-    return c.b.const(np.zeros((), c.dtype(i)))
