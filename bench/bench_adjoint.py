@@ -38,7 +38,7 @@ from nets import ResNet18, export_with_free_batch, seeded  # noqa: E402
 from timing import cpu_name, loadavg, max_rel, round_robin  # noqa: E402
 
 import onnxscope  # noqa: E402
-from onnxscope.runtime import session_options  # noqa: E402
+from onnxscope.runtime.sessions import session_options  # noqa: E402
 
 
 class _Decisions(TorchFunctionMode):

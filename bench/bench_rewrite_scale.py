@@ -24,8 +24,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from onnxscope.model import AnalyzedModel  # noqa: E402
-from onnxscope.rewriter import rewrite  # noqa: E402
+from onnxscope.graph.model import AnalyzedModel  # noqa: E402
+from onnxscope.rewrite.driver import rewrite  # noqa: E402
 
 CHANNELS, SIZE = 4, 4
 

@@ -42,7 +42,12 @@ from nets import BENCH_NETS, export_with_free_batch, seeded  # noqa: E402
 from timing import cpu_name, loadavg, max_rel, round_robin  # noqa: E402
 
 import onnxscope  # noqa: E402
-from onnxscope.runtime import make_session, ort, resolve_providers, session_options  # noqa: E402
+from onnxscope.runtime.sessions import (  # noqa: E402
+    make_session,
+    ort,
+    resolve_providers,
+    session_options,
+)
 
 TARGETS = {  # quantity: (comparison, bound) from issue 6
     "mask_pass_x_plain": ("<=", 1.2),

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxscope.canonicalize import canonicalize
 from onnxscope.errors import ModelError
+from onnxscope.rewrite.canonicalize import canonicalize
 
 LAYOUT_KEY = "onnxscope.layout"  # metadata: JSON {tensor name: "NCHW" | "NHWC"} for rank-4 I/O
 

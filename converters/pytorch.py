@@ -35,12 +35,12 @@ def export(
     """Export `module` (in eval mode) at `example`'s shape to an ONNX model.
 
     One file unless `external_data` (needed past protobuf's 2 GB; the weights go to
-    `<file name>.data` beside it). `canonical=True` also runs onnxscope.canonicalize (off by
+    `<file name>.data` beside it). `canonical=True` also runs onnxscope.rewrite.canonicalize (off by
     default: the file is then exactly torch's export). Returns the path, with the opset written."""
     import onnx
     import torch
 
-    from onnxscope.canonicalize import canonicalize
+    from onnxscope.rewrite.canonicalize import canonicalize
 
     from .common import onnx_opset, write_model
 

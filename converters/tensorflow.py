@@ -15,7 +15,7 @@ it back.
 
 A single input is named `x` and a single output `y` (several outputs: `y0`, `y1`, ... where
 tf2onnx leaves only `Identity:0`-style names); the result is canonicalized
-(onnxscope.canonicalize) and checked, and the file is written atomically.
+(onnxscope.rewrite.canonicalize) and checked, and the file is written atomically.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 et al., "A Tour of Convolutional Networks Guided by Linear Interpreters" (ICCV 2019)."""
 
 from .errors import InputError, ModelError, OnnxscopeError, UnsupportedModelError
-from .scope import Interpretation, LinearScope
+from .runtime.scope import Interpretation, LinearScope
 
 __version__ = "0.1.0"
 

@@ -196,16 +196,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _scope(args):
-    from .scope import LinearScope
+    from .runtime.scope import LinearScope
 
     return LinearScope(args.model, wrt=args.wrt, providers=args.device)
 
 
 def cmd_inspect(args) -> int:
-    from .rewriter import Analysis
+    from .rewrite.driver import Analysis
 
     if args.ops:
-        from .registry import coverage
+        from .rewrite.registry import coverage
 
         rows = coverage()
         if args.json:
@@ -266,7 +266,7 @@ REWRITE_SET = {"kind": "rewrite", "index": "manifest.json", "legacy": _legacy_re
 
 
 def cmd_rewrite(args) -> int:
-    from .outputs import check_folder, publish_folder
+    from .files.outputs import check_folder, publish_folder
 
     scope = _scope(args)
     sources = [("input model", args.model)]
@@ -305,7 +305,7 @@ def _load_array(path: str, name: str) -> np.ndarray:
 
 def _interpret(args):
     """The scope and its interpretation at the --input values (random ones where not given)."""
-    from .model import graph_inputs, input_spec, resolve_input_shapes
+    from .graph.model import graph_inputs, input_spec, resolve_input_shapes
 
     scope = _scope(args)
     given = {name: _load_array(path, name) for name, path in args.input}
@@ -390,7 +390,7 @@ def cmd_votes(args) -> int:
 
 def _out_file(args) -> str:
     """Check -o before the work: the path to write, with .npy appended as numpy would."""
-    from .outputs import check_file
+    from .files.outputs import check_file
 
     return check_file(args.out, sources=_sources(args), suffix=".npy")
 
@@ -399,7 +399,7 @@ def _save_npy(args, array: np.ndarray) -> str:
     """Write the .npy atomically; the path written, as printed (with a note if .npy was added)."""
     import io
 
-    from .outputs import publish_file
+    from .files.outputs import publish_file
 
     buffer = io.BytesIO()
     np.save(buffer, array)

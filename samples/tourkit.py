@@ -70,7 +70,7 @@ class Tour:
         return page
 
     def figure(self, fig, name: str) -> str:
-        from onnxscope.figures import to_png
+        from onnxscope.report.figures import to_png
 
         path = self.path("extras", f"{name}.png")
         with open(path, "wb") as f:

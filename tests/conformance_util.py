@@ -10,7 +10,7 @@ folder when there is one and otherwise writes the same layout (one folder per no
 folder, with NumPy's global generator seeded so the random test data is the same every run.
 
 A node test is *applicable* when
-- its default opset is in `onnxscope.model.SUPPORTED_OPSETS`,
+- its default opset is in `onnxscope.graph.model.SUPPORTED_OPSETS`,
 - every node that depends on a graph input has a rule (`rule_for(node)`); nodes computed from
   constants alone (the `Constant` nodes of the `_expanded` tests) are folded by onnxscope's static
   analysis and need none,
@@ -34,9 +34,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-import onnxscope.rules  # noqa: F401  (fills the registry)
-from onnxscope.model import SUPPORTED_OPSETS, default_opset, graph_inputs
-from onnxscope.registry import rule_for
+import onnxscope.rewrite.rules  # noqa: F401  (fills the registry)
+from onnxscope.graph.model import SUPPORTED_OPSETS, default_opset, graph_inputs
+from onnxscope.rewrite.registry import rule_for
 
 ONNX_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 SHIPPED_NODE_DIR = ONNX_DATA / "node"

@@ -1,6 +1,6 @@
-"""onnxscope.canonicalize: each pass rewrites what it should, leaves alone what it should not, and
-never changes the model's outputs (ONNX Runtime on random inputs: bitwise for the passes that only
-move or cancel work, float rounding for MatMul+Add -> Gemm)."""
+"""onnxscope.rewrite.canonicalize: each pass rewrites what it should, leaves alone what it should
+not, and never changes the model's outputs (ONNX Runtime on random inputs: bitwise for the passes
+that only move or cancel work, float rounding for MatMul+Add -> Gemm)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 ort = pytest.importorskip("onnxruntime")
 
 import onnxscope  # noqa: E402
-from onnxscope import canonicalize as cz  # noqa: E402
+from onnxscope.rewrite import canonicalize as cz  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

@@ -55,7 +55,7 @@ from conformance_util import (
 from onnx import numpy_helper
 
 import onnxscope
-from onnxscope.registry import rule_for
+from onnxscope.rewrite.registry import rule_for
 
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
 OUT_RTOL = 1e-6  # mask graph vs a plain ORT run of the same model
@@ -374,7 +374,7 @@ def test_zz_summary(request, capsys):
             variant = VARIANTS[name][0]
             assert item.callspec.id in OUTCOMES[variant], f"{item.nodeid}: no outcome recorded"
 
-    opsets = onnxscope.model.SUPPORTED_OPSETS
+    opsets = onnxscope.graph.model.SUPPORTED_OPSETS
     lines = [
         f"ONNX conformance through onnxscope (node tests {node_data_dir()[1]})",
         f"  node tests: {total}; applicable {categories['applicable']}; not applicable: "

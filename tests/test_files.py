@@ -1,5 +1,5 @@
 """Never lose a user's file (issue 11, items 7-10) and clear CLI errors (item 11): output sets
-published all or nothing (onnxscope/outputs.py), inputs never written, symbolic links refused,
+published all or nothing (onnxscope/files/outputs.py), inputs never written, symbolic links refused,
 files a user added kept, kill -9 at any moment leaving the old set or the new one."""
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import pytest
 from helpers import make_model
 from test_cli import assert_one_paragraph_error, run_cli
 
-from onnxscope import cli, outputs
-from onnxscope.outputs import MARK, STAGING, publish_folder
+from onnxscope import cli
+from onnxscope.files import outputs
+from onnxscope.files.outputs import MARK, STAGING, publish_folder
 
 RNG = np.random.default_rng(11)
 REWRITE_FILES = ["adjoint.onnx", "bias.onnx", "linear.onnx", "manifest.json", "mask.onnx"]
@@ -401,7 +402,7 @@ def test_concurrent_publishers_never_mix_sets(tmp_path):
 
 
 class _Crash:
-    """`os` for onnxscope.outputs, dying (like kill -9: no cleanup) at its `at`-th call that
+    """`os` for onnxscope.files.outputs, dying (like kill -9: no cleanup) at its `at`-th call that
     changes files."""
 
     CALLS = {"rename", "replace", "unlink", "rmdir", "mkdir", "makedirs", "write", "fsync"}

@@ -168,7 +168,7 @@ def test_a_second_input_is_a_frozen_value():
 
 def test_auto_probe_batch_follows_memory(monkeypatch):
     """probe_batch="auto" fits probes in a share of the free memory, capped; never below one."""
-    from onnxscope import scope as scope_module
+    from onnxscope.runtime import scope as scope_module
 
     x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
     scope = onnxscope.LinearScope(conv_relu())
@@ -237,7 +237,7 @@ def test_padded_probe_batches_give_the_same_results():
 def test_softmax_outputs_to_logits():
     """The logits under a Softmax output replace it (renamed NAME_logits); the user's model is
     not modified and other outputs stay."""
-    from onnxscope.model import softmax_outputs_to_logits
+    from onnxscope.graph.model import softmax_outputs_to_logits
 
     w = numpy_helper.from_array(RNG.standard_normal((5, 4)).astype(np.float32), "w")
     graph = helper.make_graph(

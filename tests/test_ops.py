@@ -92,7 +92,7 @@ def d(v):
 # -- naive numpy references for the masks ------------------------------------------------------
 
 try:  # below |u| < eps a secant unit's gain is its limit at 0
-    from onnxscope.rules.units import SATURATION, SECANT_EPS, SOFTMAX_TAIL
+    from onnxscope.rewrite.rules.units import SATURATION, SECANT_EPS, SOFTMAX_TAIL
 except ImportError:  # pragma: no cover
     SECANT_EPS, SATURATION, SOFTMAX_TAIL = 1e-4, 16, -3.32
 _erf = np.vectorize(math.erf, otypes=[np.float64])

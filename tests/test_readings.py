@@ -114,7 +114,7 @@ def test_svd_matches_a_dense_svd(classifier):
 
 def test_svd_matrix_free_path_and_crops():
     """The ARPACK path (forced) and a crop of input and output on an image-to-image model."""
-    from onnxscope.spectrum import svd
+    from onnxscope.runtime.spectrum import svd
 
     model = make_model(
         ["c = Conv <pads=[1,1,1,1]> (x, W)", "r = Relu(c)", "y = Conv <pads=[1,1,1,1]> (r, V)"],

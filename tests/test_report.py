@@ -1,4 +1,4 @@
-"""The HTML report, its figures and the image conventions (onnxscope/report.py, figures.py,
+"""The HTML report, its figures and the image conventions (onnxscope/report/: the report, figures.py,
 images.py) on a tiny classifier and a tiny image-to-image model."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from helpers import make_model  # noqa: E402
 import onnxscope  # noqa: E402
 from onnxscope import cli  # noqa: E402
 from onnxscope.errors import InputError  # noqa: E402
-from onnxscope.images import load_image  # noqa: E402
 from onnxscope.report import Progress, write_report  # noqa: E402
+from onnxscope.report.images import load_image  # noqa: E402
 
 RNG = np.random.default_rng(0)
 LABELS = ["cat", "dog", "owl", "fox", "elk"]

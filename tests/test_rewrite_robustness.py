@@ -21,9 +21,9 @@ from onnx import helper
 from test_ops import maxpool_window
 
 import onnxscope
-from onnxscope.builder import GraphBuilder
 from onnxscope.errors import ModelError
-from onnxscope.model import graph_names
+from onnxscope.graph.builder import GraphBuilder
+from onnxscope.graph.model import graph_names
 
 RNG = np.random.default_rng(11)
 

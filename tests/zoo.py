@@ -875,7 +875,7 @@ def as_function(module: nn.Module, others: dict) -> nn.Module:
 # is its own choice, not a property of the network.
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from onnxscope.rules.units import SOFTMAX_TAIL  # noqa: E402
+from onnxscope.rewrite.rules.units import SOFTMAX_TAIL  # noqa: E402
 
 
 def _secant(fn):

@@ -32,7 +32,7 @@ def logits_model(path: str, target: str) -> str:
     """A copy of the model whose Softmax outputs are replaced by the logits under them."""
     import onnx
 
-    from onnxscope.model import softmax_outputs_to_logits
+    from onnxscope.graph.model import softmax_outputs_to_logits
 
     model, _ = softmax_outputs_to_logits(path)
     onnx.checker.check_model(model)
@@ -51,7 +51,7 @@ def resized(gray: np.ndarray, size: int) -> np.ndarray:
 def as_input(gray: np.ndarray, dims, size: int, mean: float, std: float) -> np.ndarray:
     """A uint8 gray face as the model's input: resized, (p − mean)/std, the model's layout
     (NCHW or NHWC, from its input dims) and channel count."""
-    from onnxscope.images import infer_layout
+    from onnxscope.report.images import infer_layout
 
     a = (resized(gray, size).astype(np.float32) - mean) / std
     nhwc = infer_layout(dims) == "NHWC"
@@ -131,8 +131,8 @@ def summary(results: list[dict], names) -> dict:
 
 def fer_part(tour, faces: np.ndarray) -> None:
     import onnxscope
-    from onnxscope import figures
-    from onnxscope.images import infer_layout
+    from onnxscope.report import figures
+    from onnxscope.report.images import infer_layout
 
     source = tour.model("fer")
     if source is None:

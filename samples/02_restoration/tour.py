@@ -43,7 +43,7 @@ def support(row: np.ndarray, mass: float = 0.9) -> int:
 def main(argv: list[str]) -> int:
     tourkit.require("skimage", "matplotlib", "PIL")
     import onnxscope
-    from onnxscope import figures
+    from onnxscope.report import figures
 
     tour = tourkit.Tour("02_restoration", argv)
     model = tour.model("ffdnet_rgb")

@@ -93,7 +93,7 @@ def reach_figure(curves: dict, distances, far: np.ndarray, mark):
 
 def parts_figure(parts: dict):
     """Per model: F(x), A_x x and c_x (summed over channels), each on its own colour scale."""
-    from onnxscope import figures
+    from onnxscope.report import figures
 
     maps, titles = [], []
     for name, (f, ax, c) in parts.items():

@@ -1,7 +1,7 @@
 """The rule registry: one rule per ONNX op type, holding how that op is linearized.
 
 What a rule is and the kinds the families build on: rules/kinds.py. The families (rules/*.py)
-register their rules here when `onnxscope.rules` is imported.
+register their rules here when `onnxscope.rewrite.rules` is imported.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 
-from .errors import InputError
+from ..errors import InputError
 
 try:
     import fcntl

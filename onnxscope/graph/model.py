@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
 
 if TYPE_CHECKING:
     from .weights import Weights
@@ -43,7 +43,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def load_light(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Weights]:
-    """`load_model`, and the model's weight store (onnxscope.weights), for a model with large
+    """`load_model`, and the model's weight store (onnxscope.graph.weights), for a model with large
     weights the store's light model: stubs in their place, the weights held once, by the store
     (the model as read is freed). The caller keeps the store as long as it uses the model."""
     return _load(source, light=True)
@@ -177,7 +177,7 @@ class AnalyzedModel:
         from .weights import weights_for
 
         self.model = model
-        # the model with its large initializers as stubs of one shared store (onnxscope.weights):
+        # the model with its large initializers as stubs of one shared store (graph/weights.py):
         # every graph made from it refers to the weights instead of copying them
         self.weights = weights_for(model)
         self.graph = self.weights.light.graph
@@ -267,7 +267,7 @@ class AnalyzedModel:
         Exposing every tensor holds the batch-1 activations at once: one probe's share of what a
         run of the linear graph holds for each of its K probes.
         """
-        from .runtime import ort, session_options
+        from ..runtime.sessions import ort, session_options
 
         fixed = self._at_input_shapes()
         graph = fixed.graph

@@ -25,7 +25,7 @@ PANEL_INCHES = 2.7
 
 def require_matplotlib() -> None:
     if Figure is None:
-        from .errors import OnnxscopeError
+        from ..errors import OnnxscopeError
 
         raise OnnxscopeError(
             "Figures need matplotlib and pillow: `pip install onnxscope[report]` "

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from .errors import InputError, OnnxscopeError
-from .model import AnalyzedModel, load_light
-from .rewriter import Artifacts, default_wrt, rewrite
-from .runtime import (
+from ..errors import InputError, OnnxscopeError
+from ..graph.model import AnalyzedModel, load_light
+from ..rewrite.driver import Artifacts, default_wrt, rewrite
+from .sessions import (
     available_memory,
     make_session,
     require_ort,
@@ -140,7 +140,7 @@ class LinearScope:
                 f"probe_batch must be a positive integer or 'auto', not {probe_batch!r}."
             )
         # a model with large weights comes as its light model (stubs in their place), the
-        # weights held once by the store this scope keeps (onnxscope.weights)
+        # weights held once by the store this scope keeps (onnxscope.graph.weights)
         self.model, self._weights = load_light(model)
         self.wrt = default_wrt(self.model, wrt)
         self.providers = resolve_providers(providers)
@@ -150,13 +150,13 @@ class LinearScope:
 
     @functools.cached_property
     def _input_specs(self) -> dict[str, tuple]:
-        from .model import graph_inputs, input_spec
+        from ..graph.model import graph_inputs, input_spec
 
         return {vi.name: input_spec(vi) for vi in graph_inputs(self.model)}
 
     def analyze(self, input_shapes: Mapping[str, Sequence[int]]) -> AnalyzedModel:
         """The model's static facts at these input shapes (no rewriting)."""
-        from .model import resolve_input_shapes
+        from ..graph.model import resolve_input_shapes
 
         shapes = resolve_input_shapes(self.model, {k: tuple(v) for k, v in input_shapes.items()})
         return AnalyzedModel(self.model, shapes)
@@ -167,7 +167,7 @@ class LinearScope:
     def _prepare(self, input_shapes, feeds=None, rebuild: bool = False):
         """The analysis and sessions for these input shapes (cached). With `feeds`, the analysis
         run uses the real input values, which matters where an input carries sizes or scales."""
-        from .model import resolve_input_shapes
+        from ..graph.model import resolve_input_shapes
 
         given = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
         if not rebuild and given in self._cache:  # every input given, as interpret() does
@@ -442,7 +442,7 @@ class Interpretation:
         """The exactness checks at x (reconstruction, linearity, adjoint), each with the float
         noise floor measured in the same run: a `Verification`, a mapping from check to its
         relative error, with `.ok`, `.noise`, `.conditioning` and `.passed(name)`. The measures
-        are explained in onnxscope/verify.py and the README."""
+        are explained in onnxscope/runtime/verify.py and the README."""
         from .verify import DEFAULT_TOL, verify
 
         if not _is_int(seed) or seed < 0:
@@ -603,7 +603,7 @@ def _read_only(array) -> np.ndarray:
 
 def _nonfinite_weights(model: onnx.ModelProto) -> str:
     """' Initializer(s) ... hold NaN or infinite values.' for the weights that do, else ''."""
-    from .weights import weights_for
+    from ..graph.weights import weights_for
 
     store, bad = weights_for(model), []
     for init in model.graph.initializer:

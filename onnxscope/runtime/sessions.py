@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import OnnxscopeError
+from ..errors import OnnxscopeError
 
 try:
     import onnxruntime as ort

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .images import display_image, load_image, parse_number, to_hwc
 
 TOLERANCE = 1e-5
-MARKER = "report.json"  # the report's index: lists its files (onnxscope.outputs)
+MARKER = "report.json"  # the report's index: lists its files (onnxscope.files.outputs)
 
 
 def write_report(
@@ -60,7 +60,7 @@ def write_report(
     progress: bool | None = None,
 ) -> str:
     """Write the report of `model` (path or ModelProto) at `image` (a PNG/JPEG or .npy path, or
-    an array; see onnxscope.images.load_image) into the folder `out_dir`
+    an array; see onnxscope.report.images.load_image) into the folder `out_dir`
     (created, or replaced atomically if it holds an earlier report) and return the path of its
     index.html. The model file is only read.
 
@@ -78,14 +78,14 @@ def write_report(
       mask_layer node name whose frozen decisions are shown (default: the first spatial unit).
       other      values of the model's other inputs: {name: number | array | 'FILE.npy'}.
       device     'cpu' or 'cuda'.
-      layout, color, size, scale, mean, std: image conventions (see onnxscope.images).
+      layout, color, size, scale, mean, std: image conventions (see onnxscope.report.images).
       logits     interpret the logits under outputs computed by a Softmax (votes on logits, as
                  the paper reads them) instead of the probabilities.
       progress   a progress bar on stderr (default: only when stderr is a terminal).
     """
+    from ..graph.model import graph_inputs, input_spec
+    from ..runtime.scope import LinearScope
     from . import figures
-    from .model import graph_inputs, input_spec
-    from .scope import LinearScope
 
     figures.require_matplotlib()
     sources = _sources(model, image, other)
@@ -94,7 +94,7 @@ def write_report(
     bar.step("rewriting the model")
     cut = []
     if logits:
-        from .model import softmax_outputs_to_logits
+        from ..graph.model import softmax_outputs_to_logits
 
         interpreted, cut = softmax_outputs_to_logits(model)
     scope = LinearScope(interpreted if logits else model, wrt=wrt, providers=device)
@@ -227,7 +227,7 @@ class Report:
 
     # -- sections ------------------------------------------------------------------------------
     def facts(self, model, scope, specs, others, device, cut=()) -> None:
-        from .runtime import provider_name
+        from ..runtime.sessions import provider_name
 
         it, conv = self.it, self.conv
         source = model if isinstance(model, (str, os.PathLike)) else "(in-memory ModelProto)"
@@ -605,15 +605,15 @@ def _sources(model, image, other) -> list[tuple[str, object]]:
 
 
 def _check_destination(out_dir, sources) -> str:
-    """The absolute path of the report folder, once checked (onnxscope.outputs.check_folder)."""
-    from .outputs import check_folder
+    """The absolute path of the report folder, once checked (files.outputs.check_folder)."""
+    from ..files.outputs import check_folder
 
     return check_folder(out_dir, sources=sources, **REPORT_SET)
 
 
 def _publish(out_dir: str, files: dict[str, bytes], sources=()) -> None:
-    """Publish the report's files as one set at out_dir (onnxscope.outputs.publish_folder)."""
-    from .outputs import publish_folder
+    """Publish the report's files as one set at out_dir (files.outputs.publish_folder)."""
+    from ..files.outputs import publish_folder
 
     publish_folder(out_dir, files, sources=sources, **REPORT_SET)
 

@@ -79,16 +79,18 @@ class Normalization(Rule):
         std, _, _ = self.std(node, m.b, m.shape(u), m.dtype(u))
         m.add("inv_sigma", m.b.op("Reciprocal", [std], "inv_sigma"))
 
-    def rounding_scale(self, node, b, in_shape, dtype, scale_max: float) -> str:
+    def rounding_scale(self, node, b, in_shape, dtype, scale_rank: int) -> str:
         """max|u| * max|scale| / sigma over each group, at every element of the output: the size
         of the terms that ONNX Runtime's kernel adds (u * s + (bias - mean * s)), and so of its
         own rounding, which a group of equal values (one element, or ties) turns from 0 in exact
-        arithmetic into an error of ulps of u * s (verify's noise floor, onnxscope.verify)."""
+        arithmetic into an error of ulps of u * s (verify's noise floor, runtime/verify.py)."""
         std, shape, axes = self.std(node, b, in_shape, dtype)
         g = b.reshape(node.input[0], shape, "grouped") if list(shape) != list(in_shape) else None
         top = b.reduce("ReduceMax", b.op("Abs", [g or node.input[0]]), axes, True, "top")
         per_group = b.op("Div", [top, std], "top_over_std")
-        per_group = b.op("Mul", [per_group, b.const(np.asarray(scale_max, dtype))], "terms")
+        scale = b.op("Abs", [node.input[1]], "abs_scale")
+        scale_max = b.reduce("ReduceMax", scale, list(range(scale_rank)), False, "max_scale")
+        per_group = b.op("Mul", [per_group, scale_max], "terms")
         spread = b.op("Expand", [per_group, b.ints(shape)], "terms")
         return b.reshape(spread, list(in_shape), "terms") if g else spread
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..errors import Unsupported
+from ...errors import Unsupported
 from ..registry import register
 
 

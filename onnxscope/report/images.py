@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("rgb", "bgr", "gray")

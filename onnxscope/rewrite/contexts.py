@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from .builder import GraphBuilder
-from .errors import Unsupported
-from .model import AnalyzedModel
+from ..errors import Unsupported
+from ..graph.builder import GraphBuilder
+from ..graph.model import AnalyzedModel
 from .rules.kinds import Plan
 
 if TYPE_CHECKING:
-    from .rewriter import UnitRecord
+    from .driver import UnitRecord
 
 
 class NodeContext:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError, OnnxscopeError
+from ..errors import InputError, OnnxscopeError
 
 
 def _scipy_linalg():

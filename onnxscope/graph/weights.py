@@ -89,7 +89,7 @@ class _Data:
 
 def _data_of(model: onnx.ModelProto) -> _Data | None:
     """The live data whose stubs `model` holds (a copy of a light model), else None."""
-    from .errors import ModelError
+    from ..errors import ModelError
 
     found = None
     for t in model.graph.initializer:
@@ -137,7 +137,7 @@ class Weights:
     at an offset of a virtual weights.bin; `light` is the model with stubs in their place."""
 
     def __init__(self, model: onnx.ModelProto):
-        from .errors import ModelError
+        from ..errors import ModelError
 
         self.source = model
         shared = _data_of(model)  # a copy of a light model: its stubs' data, shared
@@ -226,7 +226,7 @@ class Weights:
 
     # -- sessions ------------------------------------------------------------------------------
     def _ortvalue(self, offset: int):
-        from .runtime import ort
+        from ..runtime.sessions import ort
 
         values = self._d.ortvalues
         if offset not in values:  # kept as long as the store: sessions use the memory
@@ -236,7 +236,7 @@ class Weights:
     def session(self, model: onnx.ModelProto, options: Callable, providers, make=None):
         """An ONNX Runtime session of `model` whose stubs read this store's arrays. `options()`
         makes fresh SessionOptions (they are per session: initializers are added to them)."""
-        from .runtime import make_session
+        from ..runtime.sessions import make_session
 
         make = make or make_session
         stubs = self.stubs(model)

@@ -21,15 +21,15 @@ import onnx
 import onnx.compose
 from onnx import helper
 
+from ..errors import InputError, ModelError, Unsupported, UnsupportedModelError
+from ..graph.builder import GraphBuilder
+from ..graph.model import CONTROL_FLOW_OPS, AnalyzedModel, graph_names, subgraph_reads
+from ..graph.weights import LOCATION, Weights, checkable
 from . import rules  # noqa: F401  (registers every rule)
-from .builder import GraphBuilder
 from .contexts import AdjointContext, LinearContext, MaskContext
-from .errors import InputError, ModelError, Unsupported, UnsupportedModelError
-from .model import CONTROL_FLOW_OPS, AnalyzedModel, graph_names, subgraph_reads
 from .peephole import fold_frozen_factors
 from .registry import rule_for
 from .rules.kinds import Plan
-from .weights import LOCATION, Weights, checkable
 
 PROBE = "probe"
 SELECTOR = "selector"
@@ -59,7 +59,7 @@ class Analysis:
     def __init__(self, model: AnalyzedModel, wrt: str):
         self.model = model
         self.wrt = wrt
-        from .model import graph_inputs, input_spec
+        from ..graph.model import graph_inputs, input_spec
 
         dtype = {vi.name: input_spec(vi)[1] for vi in graph_inputs(model.model)}[wrt]
         if not np.issubdtype(dtype, np.floating):
@@ -625,7 +625,7 @@ def bias_layers(walk: Walk, selector: str) -> tuple[onnx.ModelProto, dict[str, s
 def _session(model: onnx.ModelProto, role: str, weights: Weights | None = None):
     """A CPU session of one of onnxscope's graphs (no graph optimizations: only loading is
     checked), its stubs fed from `weights`, or a ModelError naming the graph."""
-    from .runtime import ort, session_options
+    from ..runtime.sessions import ort, session_options
 
     def options():
         opts = session_options(optimize=False)
@@ -730,7 +730,7 @@ _UNSUPPORTED_FLOATS = {
 
 
 def default_wrt(model: onnx.ModelProto | AnalyzedModel, wrt: str | None) -> str:
-    from .model import graph_inputs, input_spec
+    from ..graph.model import graph_inputs, input_spec
 
     vis = graph_inputs(model.model if isinstance(model, AnalyzedModel) else model)
     names = [vi.name for vi in vis]

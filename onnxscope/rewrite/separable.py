@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 from onnx import helper, numpy_helper
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
 
 def run_op(op_type: str, inputs: Sequence[np.ndarray | None], attrs, opset: int) -> np.ndarray:
     """Run one ONNX node on constant inputs in ONNX Runtime (CPU) and return its output."""
-    from .runtime import ort, session_options
+    from ..runtime.sessions import ort, session_options
 
     names, inits = [], []
     for k, value in enumerate(inputs):

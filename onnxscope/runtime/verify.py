@@ -161,8 +161,8 @@ def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
     float noise, including what the rounding of an intermediate does downstream (logits
     -x - 20000 are only known to ulp(20000)). A normalization's output also moves by its
     kernel's own rounding, which no rounding of its input shows (`Normalization.rounding_scale`)."""
-    from .registry import rule_for
-    from .rules.normalization import Normalization
+    from ..rewrite.registry import rule_for
+    from ..rewrite.rules.normalization import Normalization
 
     def dtype_of(name: str):
         try:  # values that depend on the inputs; not shape computations or constants
@@ -174,8 +174,8 @@ def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
         rule = rule_for(node)
         if not isinstance(rule, Normalization):
             return None
-        scale_max = float(np.max(np.abs(analysis.static_value(node.input[1]))))
-        return rule.rounding_scale(node, b, analysis.shape(node.input[0]), dtype, scale_max)
+        scale_rank = len(analysis.shape(node.input[1]))
+        return rule.rounding_scale(node, b, analysis.shape(node.input[0]), dtype, scale_rank)
 
     return _jittered(model, dtype_of, kernel_rounding)
 
@@ -213,8 +213,8 @@ def _jittered(model: onnx.ModelProto, dtype_of, kernel_rounding=None) -> onnx.Mo
     same computation with t rounded another way, pseudo-randomly per element (ONNX Runtime lacks
     RandomUniformLike at opset 22); plus eps times `kernel_rounding(node, builder, dtype)` where
     that gives one."""
-    from .builder import GraphBuilder
-    from .model import default_opset, graph_names
+    from ..graph.builder import GraphBuilder
+    from ..graph.model import default_opset, graph_names
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

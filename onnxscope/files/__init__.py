@@ -1,0 +1,2 @@
+"""Files: reading users' inputs and writing outputs atomically, as a set, never touching what is
+not ours (outputs)."""

@@ -1,0 +1,3 @@
+"""Every rule module; importing this package fills the registry (`rewrite.registry.RULES`)."""
+
+from . import arithmetic, conv, normalization, pooling, shape, units  # noqa: F401
