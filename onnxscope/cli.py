@@ -202,7 +202,7 @@ def _scope(args):
 
 
 def cmd_inspect(args) -> int:
-    from .rewrite.driver import Analysis
+    from .rewrite.analysis import Analysis
 
     if args.ops:
         from .rewrite.registry import coverage

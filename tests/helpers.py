@@ -242,7 +242,7 @@ class Checked:
     inputs: dict[str, np.ndarray]
     scope: onnxscope.LinearScope
     it: onnxscope.Interpretation
-    artifacts: object  # onnxscope.rewrite.driver.Artifacts
+    artifacts: object  # onnxscope.rewrite.artifacts.Artifacts
     errors: dict[str, float]
     reference: dict[str, np.ndarray]  # plain ORT outputs of the original model
 

@@ -1,9 +1,10 @@
 """Models with large weights (issue 11, item 12): every graph refers to one copy of the weights.
 
-Large initializers live once in a store (onnxscope/graph/weights.py) and the graphs hold external-data
-stubs; `rewrite -o DIR` writes weights.bin once beside the graphs, each of which loads in plain
-ONNX Runtime from DIR. The model past 2 GB is built here, on disk, and deleted after (it takes
-about 8.5 GB of memory, 4.3 GB of disk and 55 s here: opt in with ONNXSCOPE_LARGE=1).
+Large initializers live once in a store (onnxscope/graph/weights.py) and the graphs hold
+external-data stubs; `rewrite -o DIR` writes weights.bin once beside the graphs, each of which
+loads in plain ONNX Runtime from DIR. The model past 2 GB is built here, on disk, and deleted
+after (it takes about 8.5 GB of memory, 4.3 GB of disk and 55 s here: opt in with
+ONNXSCOPE_LARGE=1).
 """
 
 from __future__ import annotations

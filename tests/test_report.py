@@ -1,5 +1,5 @@
-"""The HTML report, its figures and the image conventions (onnxscope/report/: the report, figures.py,
-images.py) on a tiny classifier and a tiny image-to-image model."""
+"""The HTML report, its figures and the image conventions (onnxscope/report/: the report,
+figures.py, images.py) on a tiny classifier and a tiny image-to-image model."""
 
 from __future__ import annotations
 

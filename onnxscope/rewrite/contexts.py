@@ -17,7 +17,7 @@ from ..graph.model import AnalyzedModel
 from .rules.kinds import Plan
 
 if TYPE_CHECKING:
-    from .driver import UnitRecord
+    from .analysis import UnitRecord
 
 
 class NodeContext:

@@ -1,266 +1,39 @@
-"""The driver: walks the graph once and builds the mask, linear and bias graphs from the rules.
+"""The driver: one walk over the needed nodes per pass (`Walk.visit`), in which each rule emits its
+part of the mask graph, the linear and bias twins, the bias-by-layer graph and the adjoint.
 
 Layout convention. Every tensor t of static shape s in the original graph has, in the linear
 graph, a twin of shape [K, *s]: one slice per probe. Frozen decisions (masks) and frozen values
 have the original shape s and broadcast over the probe axis.
-
-Which tensors have a linear part: the interpreted input does, and a node's outputs do when its
-rule carries one of its inputs' linear parts (`Plan.carried`). Every other tensor is a *value*: a
-constant (weights, shape computations) embedded in the linear graph, or a runtime value
-(frozen operand, other model input) exported by the mask graph and fed back in.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnx.compose
 from onnx import helper
 
-from ..errors import InputError, ModelError, Unsupported, UnsupportedModelError
+from ..errors import Unsupported, UnsupportedModelError
 from ..graph.builder import GraphBuilder
-from ..graph.model import CONTROL_FLOW_OPS, AnalyzedModel, graph_names, subgraph_reads
-from ..graph.weights import LOCATION, Weights, checkable
+from ..graph.model import AnalyzedModel
 from . import rules  # noqa: F401  (registers every rule)
+from .analysis import Analysis, UnitRecord, node_label
+from .artifacts import (
+    ADJOINT_MIN_OPSET,
+    PROBE,
+    SELECTOR,
+    Artifacts,
+    check_session,
+    known_shape,
+    model_like,
+    validate_graph,
+    value_info,
+    value_type,
+)
 from .contexts import AdjointContext, LinearContext, MaskContext
 from .peephole import fold_frozen_factors
 from .registry import rule_for
-from .rules.kinds import Plan
-
-PROBE = "probe"
-SELECTOR = "selector"
-# The adjoint graph holds only nodes onnxscope makes, so it may use a newer opset than the
-# model: ScatterElements with reduction="add" (the adjoint of a selection) needs 16.
-ADJOINT_MIN_OPSET = 16
-
-
-def node_label(node: onnx.NodeProto, index: int) -> str:
-    return node.name or f"{node.op_type}_{index}"
-
-
-@dataclass
-class UnitRecord:
-    """One frozen unit or gate, for `inspect` and the manifest."""
-
-    node: str
-    op: str
-    kind: str
-    frozen: str
-    masks: dict[str, str] = field(default_factory=dict)  # label -> mask graph output
-
-
-class Analysis:
-    """Which tensors carry the probe's linear part, each node's plan, and what is unsupported."""
-
-    def __init__(self, model: AnalyzedModel, wrt: str):
-        self.model = model
-        self.wrt = wrt
-        from ..graph.model import graph_inputs, input_spec
-
-        dtype = {vi.name: input_spec(vi)[1] for vi in graph_inputs(model.model)}[wrt]
-        if not np.issubdtype(dtype, np.floating):
-            raise InputError(f"Input '{wrt}' has dtype {dtype}; only float inputs can be probed.")
-        self.plans: dict[int, Plan] = {}
-        problems: dict[int, tuple[str, str, str]] = {}
-        lin = {wrt}
-        for idx, node in enumerate(model.nodes):
-            flags = [i in lin for i in node.input]
-            reads_lin = any(flags) or (
-                node.op_type in CONTROL_FLOW_OPS and subgraph_reads(node, lin)
-            )
-            if not reads_lin:
-                continue
-            rule = rule_for(node)
-            try:
-                if node.op_type in CONTROL_FLOW_OPS:
-                    raise Unsupported("control flow on the input's path is not supported")
-                if rule is None:
-                    raise Unsupported("no linearization rule for this op")
-                plan = rule.plan(node, flags, model)
-            except (Unsupported, ModelError) as exc:
-                problems[idx] = (node_label(node, idx), node.op_type, str(exc))
-                plan = Plan(
-                    tuple(i for i, f in enumerate(flags) if f), tuple(range(len(node.output)))
-                )
-            self.plans[idx] = plan
-            lin.update(node.output[j] for j in plan.lin_outputs)
-        self.lin = lin
-        # A node is needed when one of its linear outputs reaches a model output.
-        need = {o for o in model.outputs if o in lin}
-        self.needed: list[int] = []
-        for idx in reversed(range(len(model.nodes))):
-            plan, node = self.plans.get(idx), model.nodes[idx]
-            if plan and any(node.output[j] in need for j in plan.lin_outputs):
-                self.needed.append(idx)
-                need.update(node.input[i] for i in plan.carried)
-        self.needed.reverse()
-        if not problems:  # (needs the model's shapes: only once every node has a rule)
-            for idx in self.needed:
-                node = model.nodes[idx]
-                empty = [
-                    node.output[j]
-                    for j in self.plans[idx].lin_outputs
-                    if 0 in model.shape(node.output[j])
-                ]
-                if empty:
-                    why = f"output '{empty[0]}' has no elements (an empty tensor)"
-                    problems[idx] = (node_label(node, idx), node.op_type, why)
-        self.problems = [problems[i] for i in self.needed if i in problems]
-
-    def check(self) -> None:
-        if self.problems:
-            raise UnsupportedModelError(self.problems)
-
-    def record(self, idx: int) -> UnitRecord:
-        """A needed node's record, without masks yet."""
-        node, plan = self.model.nodes[idx], self.plans[idx]
-        kind = plan.kind or rule_for(node).kind
-        return UnitRecord(node_label(node, idx), node.op_type, kind, plan.frozen)
-
-    def units(self) -> list[UnitRecord]:
-        """The frozen units and gates (for `inspect`, before any graph is built)."""
-        return [
-            self.record(idx)
-            for idx in self.needed
-            if self.plans[idx].frozen and rule_for(self.model.nodes[idx]) is not None
-        ]
-
-
-@dataclass
-class Artifacts:
-    """The rewritten graphs for one model and input shape, plus their manifest."""
-
-    mask: onnx.ModelProto
-    linear: onnx.ModelProto
-    bias: onnx.ModelProto
-    manifest: dict
-    linear_imports: dict[str, str]  # linear graph input -> mask graph output
-    bias_imports: dict[str, str]
-    adjoint: onnx.ModelProto | None = None  # None when some op has no adjoint rule yet
-    adjoint_imports: dict[str, str] = field(default_factory=dict)
-    adjoint_probes: dict[str, str] = field(default_factory=dict)  # model output -> graph input
-    adjoint_error: str | None = None
-    walk: Walk | None = field(default=None, repr=False)  # what the passes saw (bias_layers)
-    probe: str = PROBE  # the linear graph's probe input (renamed when the model uses "probe")
-    selector: str = SELECTOR  # the bias-by-layer graph's selector input
-    weights: Weights | None = field(default=None, repr=False)  # the data of the graphs' stubs
-    # the bias graph's zero probe (an initializer, `bias_values[wrt]`) and its tensor for each
-    # of the model's tensors with a linear part: fed x instead of 0, the bias graph is the
-    # affine map A_x z + c_x (verify's noise floor of the reconstruction)
-    bias_values: dict[str, str] = field(default_factory=dict, repr=False)
-
-    def bias_layers(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
-        """The bias-by-layer graph (built on request: see `bias_layers`)."""
-        if self.walk is None:
-            raise ModelError("These artifacts were loaded from files: no bias-by-layer graph.")
-        return bias_layers(self.walk, self.selector)
-
-    def graphs(self) -> dict[str, onnx.ModelProto]:
-        """Every graph `files()` writes, by file name."""
-        graphs = {"mask.onnx": self.mask, "linear.onnx": self.linear, "bias.onnx": self.bias}
-        if self.adjoint is not None:
-            graphs["adjoint.onnx"] = self.adjoint
-        graphs["scope.onnx"] = self.scope()
-        return graphs
-
-    def validate(self, graphs: dict[str, onnx.ModelProto] | None = None) -> None:
-        """Check every graph (the ONNX checker, then an ONNX Runtime session); raise a ModelError
-        naming the first that fails."""
-        for name, model in (graphs or self.graphs()).items():
-            validate_graph(model, f"{name.removesuffix('.onnx')} graph ({name})", self.weights)
-
-    def files(self) -> dict[str, bytes | Callable[[str], None]]:
-        """The serialized graphs, weights.bin (when a graph has large weights: every graph
-        refers to its one copy, as external data) and the manifest, each graph validated first:
-        nothing is returned (so nothing written) unless every one loads in ONNX Runtime.
-        weights.bin is a function that streams the file to a path (outputs.publish_folder)."""
-        graphs = self.graphs()
-        self.validate(graphs)
-        write, size = None, 0
-        if self.weights is not None:
-            graphs, write, size = self.weights.pack(graphs)
-        files: dict = {name: model.SerializeToString() for name, model in graphs.items()}
-        manifest = dict(self.manifest)
-        if write is not None:
-            files[LOCATION] = write
-            manifest["weights"] = {"file": LOCATION, "bytes": size}
-        files["manifest.json"] = json.dumps(manifest, indent=2).encode()
-        return files
-
-    def scope_prefixes(self) -> dict[str, str]:
-        """The prefix of each twin's names in scope.onnx: `linear/`, `bias/`, `adjoint/`, or
-        `linear_1/`... where a name of the mask graph (the model's and the masks') starts so."""
-        names = graph_names(self.mask.graph)
-        prefixes = {}
-        for role in ("linear", "bias", "adjoint"):
-            prefix, i = f"{role}/", 0
-            while any(n.startswith(prefix) for n in names):
-                i += 1
-                prefix = f"{role}_{i}/"
-            prefixes[role] = prefix
-        return prefixes
-
-    def scope(self) -> onnx.ModelProto:
-        """The LinearScope in one model, for servers: inputs x (and the model's other inputs),
-        `linear/probe` z and `adjoint/<probe>` w; outputs F(x), `linear/<out>` = A_x z,
-        `bias/<out>` = c_x and `adjoint/<x>` = A_x^T w (prefixes: `scope_prefixes()`, the probe
-        names: `probe`, `adjoint_probes`). The adjoint is left out where the model's opset is
-        below the adjoint graph's (the model's own nodes keep their opset)."""
-        graph = onnx.GraphProto()
-        graph.CopyFrom(self.mask.graph)
-        mask_outputs = {o.name for o in graph.output}
-        del graph.output[:]
-        graph.output.extend(o for o in self.mask.graph.output if o.name in self.manifest["outputs"])
-        twins = [
-            ("linear", self.linear, self.linear_imports),
-            ("bias", self.bias, self.bias_imports),
-        ]
-        model_opset = next(i.version for i in self.mask.opset_import if i.domain in ("", "ai.onnx"))
-        if self.adjoint is not None and model_opset >= ADJOINT_MIN_OPSET:
-            twins.append(("adjoint", self.adjoint, self.adjoint_imports))
-        prefixes = self.scope_prefixes()
-        # masks whose shape ONNX's inference gets wrong (the mask graph leaves their dims open)
-        # reach the twins through a Reshape to the runtime's shape: a no-op at run time that
-        # ONNX Runtime's load-time inference takes at its word
-        open_dims = {o.name for o in self.mask.graph.output if not _known_shape(o)}
-        b = GraphBuilder(model_opset, graph_names(self.mask.graph))
-        # one initializer per weight: a twin's stub of data the graph already has is renamed to
-        # the one there (ONNX Runtime would otherwise make a session copy for each name)
-        stubs = {_stub_key(t): t.name for t in graph.initializer if _stub_key(t)}
-        for role, twin, imports in twins:
-            prefix = prefixes[role]
-            twin = onnx.compose.add_prefix(twin, prefix)
-            feeds = {f"{prefix}{name}": source for name, source in imports.items()}
-            assert set(feeds.values()) <= mask_outputs
-            start = len(b.nodes)
-            for vi in twin.graph.input:
-                if feeds.get(vi.name) in open_dims:
-                    shape = _vi_type(vi)[1]
-                    b.op("Reshape", [feeds[vi.name], b.ints(shape)], outputs=[vi.name])
-                    feeds[vi.name] = vi.name
-            kept = []
-            for t in twin.graph.initializer:
-                key = _stub_key(t)
-                if key in stubs:
-                    feeds[t.name] = stubs[key]
-                else:
-                    kept.append(t)
-                    if key:
-                        stubs[key] = t.name
-            for node in twin.graph.node:
-                node.input[:] = [feeds.get(i, i) for i in node.input]
-            graph.node.extend(b.nodes[start:])
-            graph.node.extend(twin.graph.node)
-            graph.initializer.extend(kept)
-            graph.input.extend(i for i in twin.graph.input if i.name not in feeds)
-            graph.output.extend(twin.graph.output)
-        graph.initializer.extend(b.initializers.values())
-        graph.name = "scope"
-        return _model_like(self.mask, graph, "scope")
 
 
 @dataclass
@@ -283,7 +56,7 @@ class Walk:
 
     def graph_input(self, name: str, source: str) -> onnx.ValueInfoProto:
         """A twin's input `name`, fed by the mask graph's `source`."""
-        return _vi(name, *self.mask_type(source))
+        return value_info(name, *self.mask_type(source))
 
     def visit(self, ctx, b: GraphBuilder, emit, reverse=False, skip=None, what=None) -> None:
         """The one loop of every pass: each needed node, in graph order (reversed for the
@@ -445,18 +218,18 @@ class Rewrite:
         names = list(dict.fromkeys([*m.outputs, *exported]))
         facts = {n: self.walk.mask_type(n) for n in names}
         graph.output.extend(
-            _vi(n, dtype, [None] * len(shape)) for n, (dtype, shape) in facts.items()
+            value_info(n, dtype, [None] * len(shape)) for n, (dtype, shape) in facts.items()
         )
         try:
-            inferred = onnx.shape_inference.infer_shapes(_model_like(m.model, graph, "mask"))
-            known = [vi for vi in inferred.graph.output if _known_shape(vi)]
-            contradicted = {vi.name for vi in known if _vi_type(vi)[1] != facts[vi.name][1]}
+            inferred = onnx.shape_inference.infer_shapes(model_like(m.model, graph, "mask"))
+            known = [vi for vi in inferred.graph.output if known_shape(vi)]
+            contradicted = {vi.name for vi in known if value_type(vi)[1] != facts[vi.name][1]}
         except Exception:  # (inference gives up on some models: then it contradicts nothing)
             contradicted = set()
         for vi in graph.output:
             if vi.name not in contradicted:
-                vi.CopyFrom(_vi(vi.name, *facts[vi.name]))
-        return _model_like(m.model, graph, "mask")
+                vi.CopyFrom(value_info(vi.name, *facts[vi.name]))
+        return model_like(m.model, graph, "mask")
 
     # -- linear and affine twins ---------------------------------------------------------------
     def _twin(self, affine: bool):
@@ -479,8 +252,8 @@ class Rewrite:
             else:
                 result = c.zeros(shape, dtype)
             out = b.op("Identity", [result], outputs=[name])
-            outputs.append(_vi(out, dtype, [1 if affine else "K", *shape]))
-        inputs = [] if affine else [_vi(probe, x_dtype, ["K", *x_shape])]
+            outputs.append(value_info(out, dtype, [1 if affine else "K", *shape]))
+        inputs = [] if affine else [value_info(probe, x_dtype, ["K", *x_shape])]
         inputs += [walk.graph_input(name, source) for name, source in c.imports.items()]
         nodes = b.nodes
         if not affine:
@@ -488,7 +261,7 @@ class Rewrite:
         graph = helper.make_graph(
             nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
         )
-        model = _model_like(m.model, graph, "bias" if affine else "linear")
+        model = model_like(m.model, graph, "bias" if affine else "linear")
         return model, dict(c.imports), dict(c.env)
 
     def _adjoint(self):
@@ -512,16 +285,16 @@ class Rewrite:
         if result is None:
             result = a.zeros(x_shape, x_dtype)
         out = b.op("Identity", [result], outputs=[self.wrt])
-        inputs = [_vi(p, m.dtype(o), ["K", *m.shape(o)]) for o, p in probes.items()]
+        inputs = [value_info(p, m.dtype(o), ["K", *m.shape(o)]) for o, p in probes.items()]
         inputs += [walk.graph_input(name, source) for name, source in a.imports.items()]
         graph = helper.make_graph(
             fold_frozen_factors(b.nodes, probes.values(), [out], b.fresh),
             "adjoint",
             inputs,
-            [_vi(out, x_dtype, ["K", *x_shape])],
+            [value_info(out, x_dtype, ["K", *x_shape])],
             list(b.initializers.values()),
         )
-        model = _model_like(m.model, graph, "adjoint", min_opset=b.opset)
+        model = model_like(m.model, graph, "adjoint", min_opset=b.opset)
         return model, dict(a.imports), probes
 
     def _measure_mask_types(self) -> dict[str, tuple[np.dtype, list]]:
@@ -534,12 +307,12 @@ class Rewrite:
             return {}
         graph = self._mask_graph()
         graph.output.extend(onnx.ValueInfoProto(name=o) for o in made)
-        sess = _session(_model_like(m.model, graph, "mask"), "mask graph", m.weights)
+        sess = check_session(model_like(m.model, graph, "mask"), "mask graph", m.weights)
         values = sess.run(made, m.analysis_feeds())
         return {o: (v.dtype, list(v.shape)) for o, v in zip(made, values)}
 
     def _manifest(self, records, mask_model) -> dict:
-        types = {o.name: _vi_type(o) for o in mask_model.graph.output}
+        types = {o.name: value_type(o) for o in mask_model.graph.output}
         units = []
         for rec in records.values():
             if not rec.masks and not rec.frozen:
@@ -610,146 +383,21 @@ def bias_layers(walk: Walk, selector: str) -> tuple[onnx.ModelProto, dict[str, s
     for name in m.outputs:
         result = c.env.get(name) or c.zeros(m.shape(name), m.dtype(name))
         out = b.op("Identity", [result], outputs=[name])
-        outputs.append(_vi(out, m.dtype(name), ["K", *m.shape(name)]))
-    inputs = [_vi(selector, x_dtype, ["K", len(labels)])]
+        outputs.append(value_info(out, m.dtype(name), ["K", *m.shape(name)]))
+    inputs = [value_info(selector, x_dtype, ["K", len(labels)])]
     inputs += [walk.graph_input(name, source) for name, source in c.imports.items()]
     graph = helper.make_graph(
         b.nodes, "bias_layers", inputs, outputs, list(b.initializers.values())
     )
-    model = _model_like(m.model, graph, "bias by layer")
+    model = model_like(m.model, graph, "bias by layer")
     m.weights.externalize(model.graph)
     validate_graph(model, "bias-by-layer graph", m.weights)
     return model, dict(c.imports), labels
-
-
-def _session(model: onnx.ModelProto, role: str, weights: Weights | None = None):
-    """A CPU session of one of onnxscope's graphs (no graph optimizations: only loading is
-    checked), its stubs fed from `weights`, or a ModelError naming the graph."""
-    from ..runtime.sessions import ort, session_options
-
-    def options():
-        opts = session_options(optimize=False)
-        opts.enable_mem_pattern = False  # (see AnalyzedModel._run_once)
-        return opts
-
-    try:
-        if weights is None:
-            return ort.InferenceSession(
-                model.SerializeToString(), options(), providers=["CPUExecutionProvider"]
-            )
-        return weights.session(model, options, ["CPUExecutionProvider"], ort.InferenceSession)
-    except Exception as exc:
-        raise ModelError(_invalid(role, "does not load in ONNX Runtime", exc)) from None
-
-
-def _invalid(role: str, what: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (
-        f"The {role} onnxscope built for this model {what} ({first}); nothing was written. This "
-        "is a bug in onnxscope: please report it with the model."
-    )
-
-
-def validate_graph(model: onnx.ModelProto, role: str, weights: Weights | None = None) -> None:
-    """The ONNX checker, then an ONNX Runtime session: a ModelError naming `role` if either
-    fails. (The checker's full check is not the arbiter: ONNX's shape inference disagrees with
-    the runtime on some ops, and the session runs the runtime's.)"""
-    try:
-        onnx.checker.check_model(checkable(model))  # (stubs as inputs: it cannot see their data)
-    except Exception as exc:
-        # deprecated ops the model itself uses (GroupNormalization-18, Upsample) still run
-        if "deprecated" not in str(exc).lower():
-            raise ModelError(_invalid(role, "is not valid ONNX", exc)) from None
-    _session(model, role, weights)
-
-
-def _stub_key(t: onnx.TensorProto) -> tuple | None:
-    """Where an external-data initializer's data lies (None for inline data)."""
-    if t.data_location != onnx.TensorProto.EXTERNAL:
-        return None
-    return tuple(sorted((e.key, e.value) for e in t.external_data))
 
 
 def _outputs_of(nodes) -> list[str]:
     return [o for n in nodes for o in n.output if o]
 
 
-def _vi(name: str, dtype, shape) -> onnx.ValueInfoProto:  # shape None: dtype only
-    return helper.make_tensor_value_info(
-        name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape
-    )
-
-
-def _known_shape(vi: onnx.ValueInfoProto) -> bool:
-    t = vi.type.tensor_type
-    return t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim)
-
-
-def _vi_type(vi: onnx.ValueInfoProto) -> tuple[np.dtype, list]:
-    t = vi.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
-    if not t.elem_type:
-        return np.dtype("O"), dims
-    return np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims
-
-
-def _model_like(
-    original: onnx.ModelProto, graph: onnx.GraphProto, role: str, min_opset: int = 0
-) -> onnx.ModelProto:
-    imports = [
-        helper.make_opsetid(
-            i.domain, max(i.version, min_opset) if i.domain in ("", "ai.onnx") else i.version
-        )
-        for i in original.opset_import
-    ]
-    model = helper.make_model(graph, opset_imports=imports)
-    # IR 4 lets initializers be other than graph inputs (the rules add constants)
-    model.ir_version = max(original.ir_version, 8 if min_opset >= 16 else 4)
-    model.producer_name = "onnxscope"
-    model.doc_string = f"onnxscope {role} graph"
-    del model.metadata_props[:]
-    return model
-
-
 def rewrite(model: AnalyzedModel, wrt: str) -> Artifacts:
     return Rewrite(model, wrt).build()
-
-
-_UNSUPPORTED_FLOATS = {
-    getattr(onnx.TensorProto, name)
-    for name in (
-        "BFLOAT16",
-        "FLOAT8E4M3FN",
-        "FLOAT8E4M3FNUZ",
-        "FLOAT8E5M2",
-        "FLOAT8E5M2FNUZ",
-        "FLOAT4E2M1",
-    )
-    if hasattr(onnx.TensorProto, name)
-}
-
-
-def default_wrt(model: onnx.ModelProto | AnalyzedModel, wrt: str | None) -> str:
-    from ..graph.model import graph_inputs, input_spec
-
-    vis = graph_inputs(model.model if isinstance(model, AnalyzedModel) else model)
-    names = [vi.name for vi in vis]
-    if wrt is not None:
-        if wrt not in names:
-            raise InputError(f"There is no input '{wrt}'; the model's inputs are {names}.")
-        return wrt
-    floats = [vi.name for vi in vis if np.issubdtype(input_spec(vi)[1], np.floating)]
-    if not floats:
-        # onnx maps bfloat16 and the float8 types to numpy's integer containers
-        exotic = [
-            f"'{vi.name}' ({onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)})"
-            for vi in vis
-            if vi.type.tensor_type.elem_type in _UNSUPPORTED_FLOATS
-        ]
-        if exotic:
-            raise InputError(
-                f"The model's float input(s) {', '.join(exotic)} have a type onnxscope does not "
-                "interpret (float16, float32 and float64 only); convert the model to float32 first."
-            )
-        raise InputError(f"The model has no float input to interpret; its inputs are {names}.")
-    return floats[0]

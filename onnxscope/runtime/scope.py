@@ -11,7 +11,9 @@ import onnx
 
 from ..errors import InputError, OnnxscopeError
 from ..graph.model import AnalyzedModel, load_light
-from ..rewrite.driver import Artifacts, default_wrt, rewrite
+from ..rewrite.analysis import default_wrt
+from ..rewrite.artifacts import Artifacts
+from ..rewrite.driver import rewrite
 from .sessions import (
     available_memory,
     make_session,
