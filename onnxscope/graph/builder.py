@@ -35,9 +35,6 @@ class GraphBuilder:
         self._taken.add(name)
         return name
 
-    def reserve(self, name: str) -> None:
-        self._taken.add(name)
-
     def op(
         self,
         op_type: str,
@@ -102,11 +99,6 @@ class GraphBuilder:
 
     def reshape(self, x: str, shape: Sequence[int], hint="") -> str:
         return self.op("Reshape", [x, self.ints(shape)], hint or "reshape")
-
-    def unsqueeze(self, x: str, axes: Sequence[int], hint="") -> str:
-        if self.opset >= 13:
-            return self.op("Unsqueeze", [x, self.ints(axes, "axes")], hint)
-        return self.op("Unsqueeze", [x], hint, axes=list(axes))
 
     def slice(self, x: str, starts, ends, axes, hint="") -> str:
         if self.opset < 10:

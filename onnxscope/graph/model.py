@@ -19,22 +19,12 @@ import onnx
 from onnx import helper
 
 from ..errors import InputError, ModelError
+from .ops import CONTROL_FLOW_OPS, RANDOM_OPS, SHAPE_ONLY_OPS
 
 if TYPE_CHECKING:
     from .weights import Weights
 
 SUPPORTED_OPSETS = range(9, 23)  # 9-10 for Upsample-era exports
-CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
-# Ops whose output depends on the *shape* of their input only.
-SHAPE_ONLY_OPS = {"Shape", "Size"}
-# Ops without inputs that still produce a different value each run.
-RANDOM_OPS = {
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-}
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -75,17 +65,16 @@ def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
         # proto, which fails past 2 GB, and the path lets it check the external data files,
         # which onnx.load has read here); else on the model with its large weights left out,
         # which is small whatever their size (its checker in C++ would hold another copy)
-        if light or isinstance(source, onnx.ModelProto):
+        deprecated = _deprecated_nodes(model)
+        if light or isinstance(source, onnx.ModelProto) or deprecated:
             store = store or weights_for(model)
-            onnx.checker.check_model(checkable(store.light))
+            onnx.checker.check_model(_checkable_as_current(checkable(store.light), deprecated))
         else:
             onnx.checker.check_model(os.fspath(source))
     except ModelError:
         raise
     except Exception as exc:
-        # deprecated ops (GroupNormalization-18, Upsample) still run in ONNX Runtime: keep them
-        if "deprecated" not in str(exc).lower():
-            raise ModelError(f"The model is not valid ONNX: {exc}".strip()) from None
+        raise ModelError(f"The model is not valid ONNX: {exc}".strip()) from None
     opset = default_opset(model)
     if opset not in SUPPORTED_OPSETS:
         raise ModelError(
@@ -97,6 +86,38 @@ def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
     if light:
         return store.release(), store
     return model, store
+
+
+DEPRECATED_DOMAIN = "onnxscope.deprecated"  # where the checker is shown deprecated ops
+
+
+def _deprecated_nodes(model: onnx.ModelProto) -> list[int]:
+    """Nodes of the main graph whose op is deprecated at the model's opset (Upsample from 10,
+    GroupNormalization-18): ONNX Runtime still runs them, the checker refuses them."""
+    opset, found = default_opset(model), []
+    for i, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            if onnx.defs.get_schema(node.op_type, opset, "").deprecated:
+                found.append(i)
+        except onnx.defs.SchemaError:  # an unknown op: the checker names it
+            continue
+    return found
+
+
+def _checkable_as_current(model: onnx.ModelProto, deprecated: list[int]) -> onnx.ModelProto:
+    """`model` with its deprecated nodes moved to a domain of their own, which the checker does
+    not look into, so that it checks everything else (it stops at the first error, and a
+    deprecated op would hide the rest)."""
+    if not deprecated:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i in deprecated:
+        out.graph.node[i].domain = DEPRECATED_DOMAIN
+    out.opset_import.append(helper.make_opsetid(DEPRECATED_DOMAIN, 1))
+    return out
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -351,7 +372,9 @@ class AnalyzedModel:
             try:
                 inferred = onnx.shape_inference.infer_shapes(self._at_input_shapes())
                 inferred = inferred.graph.value_info
-            except Exception:  # noqa: BLE001 - inference gives up on some models: no claims
+            except onnx.shape_inference.InferenceError:
+                # ONNX's inference refuses the model (ONNX Runtime, which runs its own, loaded
+                # it): it then claims no shape, so none is contradicted
                 inferred = []
             self._mismatches = {}
             for vi in inferred:

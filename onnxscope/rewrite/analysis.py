@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 
 from ..errors import InputError, ModelError, Unsupported, UnsupportedModelError
-from ..graph.model import CONTROL_FLOW_OPS, AnalyzedModel, graph_inputs, input_spec, subgraph_reads
+from ..graph.model import AnalyzedModel, graph_inputs, input_spec, subgraph_reads
+from ..graph.ops import CONTROL_FLOW_OPS
 from .registry import rule_for
 from .rules.kinds import Plan
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-_POOLS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+from ..graph.ops import WINDOWED_OPS
 
 
 class _Graph:
@@ -127,7 +127,7 @@ def explicit_pads(model: onnx.ModelProto) -> int:
     for n in model.graph.node:
         mode = _attr(n, "auto_pad", b"NOTSET")
         mode = mode.decode() if isinstance(mode, bytes) else mode
-        if n.op_type not in _POOLS or mode not in ("SAME_UPPER", "SAME_LOWER"):
+        if n.op_type not in WINDOWED_OPS or mode not in ("SAME_UPPER", "SAME_LOWER"):
             continue
         shape = shapes.get(n.input[0])
         kernel = _attr(n, "kernel_shape")
@@ -155,7 +155,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Fully known tensor shapes by name (shape inference on a copy)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - no shapes: the pass leaves the nodes alone
+    except onnx.shape_inference.InferenceError:  # no shapes: the passes leave the nodes alone
         return {}
     out = {}
     g = inferred.graph

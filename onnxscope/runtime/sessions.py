@@ -31,8 +31,17 @@ class _Lazy:
 if ort is None:  # keep `from .runtime import ort` importable; fail on first use
     ort = _Lazy()
 
-if not isinstance(ort, _Lazy):
-    ort.set_default_logger_severity(3)  # errors reach the user as exceptions, not log lines
+# ONNX Runtime's process-wide logger belongs to the process: a library leaves it to its host
+# (every session onnxscope makes logs at fatal only, see session_options); the CLI, which owns
+# its process, quiets it (`quiet_process_logs`) so that errors reach the user in one paragraph.
+_QUIET = {"process": False}
+
+
+def quiet_process_logs() -> None:
+    """Errors only from ONNX Runtime's process-wide logger (the CLI's setting)."""
+    _QUIET["process"] = True
+    require_ort().set_default_logger_severity(3)
+
 
 # The CUDA provider's TF32 convolutions and matmuls round to 10-bit mantissas (about 1e-3
 # relative): F(x) and A_x x + c_x would then differ by far more than float32 rounding, so
@@ -102,13 +111,15 @@ def make_session(model_bytes: bytes, opts, providers: list[Provider], **kwargs):
     """An InferenceSession on `providers`. When ONNX Runtime silently falls back from an
     accelerator it could not start (its own log would be a wall of lines), say so in one line,
     once per process and provider. `kwargs` go to InferenceSession (disabled_optimizers)."""
-    accelerated = any(provider_name(p) != "CPUExecutionProvider" for p in providers)
-    if accelerated:  # ORT logs a failed provider start as errors before falling back
+    # ORT logs a failed provider start as errors before falling back: the CLI silences them
+    # (one line below says it); a library's host keeps its own logger setting
+    quiet = _QUIET["process"] and any(provider_name(p) != "CPUExecutionProvider" for p in providers)
+    if quiet:
         ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(model_bytes, opts, providers=providers, **kwargs)
     finally:
-        if accelerated:
+        if quiet:
             ort.set_default_logger_severity(3)
     got = set(session.get_providers())
     for name in _names(providers).split(", "):

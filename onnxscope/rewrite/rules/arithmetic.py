@@ -10,27 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...graph.ops import GATE_OPS, GATE_PASS_THROUGH
 from ..registry import register
 from .kinds import Plan, Rule, Unsupported, attr, is_zero, operand, register_self_linear
-
-GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}
-# ops a gate signal passes through unchanged in nature (elementwise with a constant, reshapes)
-PASS_THROUGH = {
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Neg",
-    "Reshape",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Transpose",
-    "Identity",
-    "Cast",
-    "Expand",
-    "Tile",
-}
 
 
 def reached_through_gate(name: str, model) -> bool:
@@ -39,7 +21,7 @@ def reached_through_gate(name: str, model) -> bool:
     while node is not None:
         if node.op_type in GATE_OPS:
             return True
-        if node.op_type not in PASS_THROUGH:
+        if node.op_type not in GATE_PASS_THROUGH:
             return False
         varying = [i for i in node.input if i and not model.is_static(i)]
         if len(varying) != 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from ...graph.ops import VALUE_OPS
 from .. import separable
 from ..registry import register
 from .kinds import (
@@ -516,27 +517,5 @@ class Tile(DataOnly):
         a.add_grad(0, a.b.reshape(g, [-1, *in_shape], "g"))
 
 
-# Piecewise-constant and integer-valued ops, and shape queries: their linear part is zero.
-register(
-    "Shape",
-    "Size",
-    "Equal",
-    "Greater",
-    "Less",
-    "GreaterOrEqual",
-    "LessOrEqual",
-    "ArgMax",
-    "ArgMin",
-    "Sign",
-    "Floor",
-    "Ceil",
-    "Round",
-    "IsNaN",
-    "IsInf",
-    "Not",
-    "And",
-    "Or",
-    "Xor",
-    "ConstantOfShape",
-    "EyeLike",
-)(ValueRule)
+# piecewise-constant and integer-valued ops, and shape queries: their linear part is zero
+register(*sorted(VALUE_OPS))(ValueRule)
