@@ -67,6 +67,28 @@ def _input_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _ints(form: str):
+    """An argparse type for comma-separated integers written as `form` ('Y,X', 'Y,X,H,W')."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = text.split(",")
+        try:
+            if len(values) != form.count(",") + 1:
+                raise ValueError
+            return tuple(int(v) for v in values)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {form}, got '{text}'") from None
+
+    return parse
+
+
+def _other_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE or NAME=FILE.npy, got '{text}'")
+    return name, value
+
+
 NPY_HELP = "the .npy file to write [n, *x.shape] (.npy is appended if missing)"
 
 
@@ -164,13 +186,58 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--output-name", help="which model output (default: the only one)")
     sp.add_argument("-o", "--out", required=True, help=NPY_HELP)
 
-    from .report import add_parser as add_report_parser  # `report`: its options live in report.py
-
-    add_report_parser(sub)
+    _add_report_parser(sub)
     from .converters.convert import add_parser as add_convert_parser  # `convert`: converters/
 
     add_convert_parser(sub)
     return p
+
+
+def _add_report_parser(sub) -> None:
+    """Add `report` to the CLI's subparsers."""
+    sp = sub.add_parser("report", help="write an HTML report (figures, votes, rows) of one image")
+    arg = sp.add_argument
+    many = lambda flag, dest, type_, metavar, text: arg(  # noqa: E731 - a repeatable option
+        flag, dest=dest, type=type_, metavar=metavar, action="append", help=f"{text} (repeat)"
+    )
+    arg("model", help="path to the .onnx model (never modified)")
+    arg("image", help="PNG/JPEG image, or .npy (the input itself, or an H×W×C image)")
+    arg(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder: created, or replaced atomically if it holds an earlier report",
+    )
+    arg("--wrt", help="the input to interpret (default: the first float input)")
+    arg("--device", default="cpu", choices=["cpu", "cuda"])
+    many("--output-name", "outputs", str, "NAME", "report on this output only (default: all)")
+    many("--class", "classes", int, "K", "output index to show votes for (default: the top)")
+    arg("--top", type=int, default=3, help="how many top classes to show (3)")
+    arg("--labels", type=lambda t: t.split(","), help="class names: a,b,c")
+    many("--row", "rows", _ints("Y,X"), "Y,X", "output position for a row A_xᵀe_i")
+    many("--column", "columns", _ints("Y,X"), "Y,X", "input position for a column A_x e_j")
+    arg("--channel", type=int, default=0, help="channel of those positions (0)")
+    arg(
+        "--crop",
+        type=_ints("Y,X,H,W"),
+        metavar="Y,X,H,W",
+        help="input crop for the singular vectors (central 8×8)",
+    )
+    arg("--svd", dest="svd_k", type=int, default=4, help="how many singular triplets (4)")
+    arg("--mask-layer", metavar="NODE", help="node whose masks are shown")
+    many("--other", "other", _other_arg, "NAME=VALUE", "another input: a number or a .npy file")
+    arg("--layout", choices=["NCHW", "NHWC"], help="default: from the input shape")
+    arg("--color", choices=["rgb", "bgr", "gray"], help="default: from the channel count")
+    arg(
+        "--size",
+        type=_ints("H,W"),
+        metavar="H,W",
+        help="size for free spatial dims (default: the image's)",
+    )
+    arg("--scale", help="pixel scale, e.g. 1/255 (default for 8-bit images) or 1")
+    arg("--mean", help="subtracted after scaling: one value or one per channel")
+    arg("--std", help="divided by after the mean: one value or one per channel")
+    arg("--logits", action="store_true", help="interpret the logits under Softmax outputs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,10 +475,20 @@ def _save_npy(args, array: np.ndarray) -> str:
     return shown if shown == f"{args.out}" else f"{shown} (.npy appended to -o, as numpy does)"
 
 
-def cmd_report(args) -> int:  # the `report` subcommand lives in report.py
-    from .report import run_cli
+REPORT_OPTIONS = (  # the write_report options the subcommand passes through as they are
+    "wrt outputs classes top labels rows columns channel crop svd_k mask_layer device layout "
+    "color size scale mean std logits"
+).split()
 
-    return run_cli(args)
+
+def cmd_report(args) -> int:
+    """`onnxscope report`: write the report and print the path of its index.html."""
+    from .report import write_report
+
+    options = {k: getattr(args, k) for k in REPORT_OPTIONS}
+    other = dict(args.other or [])
+    print(write_report(args.model, args.image, args.output, other=other, **options))
+    return EXIT_OK
 
 
 def cmd_convert(args) -> int:  # the `convert` subcommand lives in converters/convert.py
