@@ -69,3 +69,13 @@ def test_a_deprecated_op_that_onnx_runtime_runs_is_interpreted():
     x = np.random.default_rng(0).standard_normal((1, 4, 3, 3)).astype(np.float32)
     v = onnxscope.LinearScope(model).interpret(x).verify()
     assert v.ok, v.as_dict()
+
+
+@pytest.mark.parametrize("opset", [9, 10, 13])
+def test_clip_without_bounds_passes_everything_through(opset):
+    # its mask was a float comparison of u with itself (Equal on floats is opset 11+)
+    model = make_model(["y = Clip(x)", "z = Relu(y)"], {"x": (2, 3)}, opset=opset)
+    x = np.random.default_rng(opset).standard_normal((2, 3)).astype(np.float32)
+    it = onnxscope.LinearScope(model).interpret(x)
+    assert it.verify().ok
+    np.testing.assert_array_equal(it.apply(x[None])[0], np.maximum(x, 0))

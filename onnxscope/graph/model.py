@@ -93,7 +93,8 @@ DEPRECATED_DOMAIN = "onnxscope.deprecated"  # where the checker is shown depreca
 
 def _deprecated_nodes(model: onnx.ModelProto) -> list[int]:
     """Nodes of the main graph whose op is deprecated at the model's opset (Upsample from 10,
-    GroupNormalization-18): ONNX Runtime still runs them, the checker refuses them."""
+    GroupNormalization-18): the checker refuses them, and ONNX Runtime runs some of them
+    (GroupNormalization-18)."""
     opset, found = default_opset(model), []
     for i, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):

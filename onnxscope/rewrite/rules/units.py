@@ -165,8 +165,8 @@ def _three_state(m, v: str, lo: str | None, hi: str | None) -> str:
     if hi is not None:
         at_hi = m.b.op("Not", [m.b.op("Less", [v, hi], "below_hi")], "at_hi")
         state = m.b.op("Where", [at_hi, piece(2), state], "state")
-    if lo is None and hi is None:  # no bounds: always inside
-        state = m.b.op("Cast", [m.b.equal(v, v)], "state", to=2)
+    if lo is None and hi is None:  # no bounds: always inside (no comparison of floats at all)
+        state = m.b.op("Expand", [piece(1), m.b.op("Shape", [v])], "state")
     return state
 
 
