@@ -1,7 +1,7 @@
 """Architectures for benchmarks (no torchvision), built from the test suite's blocks
-(tests/torch_models.py) so the two never drift apart: ResNet-18, MobileNetV3-Small (its real
-layout: hardswish, squeeze-excite with hardsigmoid, depthwise convs) and a U-Net for image-to-image
-at 128²."""
+(samples/architectures/torch_models.py) so the two never drift apart: ResNet-18,
+MobileNetV3-Small (its real layout: hardswish, squeeze-excite with hardsigmoid, depthwise convs)
+and a U-Net for image-to-image at 128²."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
 )
-from torch_models import BasicBlock, InvertedResidual, TinyUNet  # noqa: E402
+from architectures.torch_models import BasicBlock, InvertedResidual, TinyUNet  # noqa: E402
 
 
 class ResNet18(nn.Module):

@@ -18,9 +18,10 @@ interleaved rounds (bench/timing.py):
 
 Ratios are the headline (absolute times come with the machine's description), from the medians
 and from the best round of each quantity (on a shared VM whose host takes CPU time away, the best
-round is the least disturbed one): mask pass over one plain forward; linear and adjoint probes per probe over the plain model's per-image time at the
-same batch; torch.func's best time per row or column over onnxscope's. Mask memory is the bytes of
-every frozen decision, and per on/off unit. The JSON file has every number.
+round is the least disturbed one): mask pass over one plain forward; linear and adjoint probes
+per probe over the plain model's per-image time at the same batch; torch.func's best time per row
+or column over onnxscope's. Mask memory is the bytes of every frozen decision, and per on/off
+unit. The JSON file has every number.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def central(shape: tuple[int, ...], k: int) -> np.ndarray:
 
 
 def one_hot(indices: np.ndarray, shape, device) -> torch.Tensor:
-    """The test suite's one-hot probes (tests/torch_models.py) as a torch tensor on `device`."""
-    import torch_models  # tests/ is on the path (bench/nets.py puts it there)
+    """The test suite's one-hot probes (architectures/torch_models.py) on `device`."""
+    from architectures import torch_models  # samples/ is on the path (bench/nets.py puts it there)
 
     return torch.from_numpy(torch_models.one_hot(indices, shape)).to(device)
 

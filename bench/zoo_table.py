@@ -32,8 +32,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-import torch_models as tm  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "samples"))
 import zoo  # noqa: E402
+from architectures import torch_models as tm  # noqa: E402
 
 import onnxscope  # noqa: E402
 
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--no-existing",
         action="store_true",
-        help="leave out the architectures of tests/torch_models.py",
+        help="leave out the architectures of samples/architectures/torch_models.py",
     )
     p.add_argument("--no-keras", action="store_true", help="leave out tests/keras_zoo.py")
     args = p.parse_args(argv)

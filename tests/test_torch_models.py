@@ -2,9 +2,10 @@
 
 For every model × exporter: the interpretation at x reconstructs F(x) (A_x x + c_x) and is linear;
 its model outputs equal the torch forward and a plain ONNX Runtime run of the exported model; and
-A_x z and c_x equal an independent torch reference of the frozen network (tests/torch_models.py,
-computed in float64). For the piecewise-linear networks, A_x z and the columns A_x e_j equal
-torch's Jacobian-vector products at x, and for the ResNet c_x agrees with F(x) − A_x x.
+A_x z and c_x equal an independent torch reference of the frozen network
+(samples/architectures/torch_models.py, computed in float64). For the piecewise-linear networks,
+A_x z and the columns A_x e_j equal torch's Jacobian-vector products at x, and for the ResNet c_x
+agrees with F(x) − A_x x.
 
 The transposed (adjoint) interpreter A_x^T, run from its own ONNX graph: verify()'s adjoint
 identity |<A z, w> − <z, A^T w>| ≤ 1e-5·‖A z‖‖w‖ for every model × exporter, and the same identity
@@ -16,6 +17,8 @@ the rows A_x^T e_i and A_x^T w equal torch.func.vjp at x (A_x^T is the transpose
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -27,10 +30,10 @@ from onnxscope.converters.pytorch import export  # noqa: E402
 
 import onnxscope  # noqa: E402
 
-try:  # tests/ as a package, or (pytest's default rootdir-less import) as a plain directory
-    from . import torch_models as tm  # noqa: E402
-except ImportError:
-    import torch_models as tm  # noqa: E402
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
+)
+from architectures import torch_models as tm  # noqa: E402
 
 rel, rel_each, one_hot, jvp, vjp = tm.rel, tm.rel_each, tm.one_hot, tm.jvp, tm.vjp
 

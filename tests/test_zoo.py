@@ -8,7 +8,7 @@ export contains the ONNX ops the architecture is there to cover. For the piecewi
 equals torch.func.jvp and A_x^T w equals torch.func.vjp at x. For every architecture but the two
 ViTs (attention multiplies two input-dependent tensors, and which one is frozen is onnxscope's
 choice), A_x z, c_x and A_x^T w equal an independent torch reference of the frozen network in
-float64 (zoo.reference_interpreter: tests/torch_models.py's, extended to Clip, Hardsigmoid, ELU,
+float64 (zoo.reference_interpreter: torch_models', extended to Clip, Hardsigmoid, ELU,
 SELU, Softplus, Mish, GELU-tanh, Softmax, LogSoftmax and GroupNorm); the adjoint identity holds
 over a grid of probes and cotangents for all.
 
@@ -19,6 +19,8 @@ image x and holds the map fixed (it goes into c_x and into the frozen decisions)
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -28,11 +30,14 @@ ort = pytest.importorskip("onnxruntime")
 
 import onnxscope  # noqa: E402
 
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
+)
+from architectures import torch_models as tm  # noqa: E402
+
 try:  # tests/ as a package, or (pytest's default rootdir-less import) as a plain directory
-    from . import torch_models as tm  # noqa: E402
     from . import zoo  # noqa: E402
 except ImportError:
-    import torch_models as tm  # noqa: E402
     import zoo  # noqa: E402
 
 rel, rel_each, one_hot, jvp, vjp = tm.rel, tm.rel_each, tm.one_hot, tm.jvp, tm.vjp

@@ -1,11 +1,12 @@
 """The conformance zoo: small PyTorch architectures, defined here (no torchvision, nothing
 downloads), that cover the building blocks of classic vision networks beside the ones in
-tests/torch_models.py (ResNet, MobileNetV3, U-Net, CycleGAN, ConvNeXt, EfficientNet, LeakyReLU/
-PReLU), so that onnxscope is checked on what both torch exporters make of each of them.
+samples/architectures/torch_models.py (ResNet, MobileNetV3, U-Net, CycleGAN, ConvNeXt,
+EfficientNet, LeakyReLU/PReLU), so that onnxscope is checked on what both torch exporters make of
+each of them.
 
 Each architecture is small (widths of 8-32 channels, 16x16 to 48x48 inputs): the point is
 correctness, not size. `build(name)` returns `(module, x, others)`: the module in eval mode with
-seeded weights (tests/torch_models.py's `init_weights`: non-trivial BatchNorm statistics and norm
+seeded weights (torch_models' `init_weights`: non-trivial BatchNorm statistics and norm
 affine parameters), the seeded float32 input x that onnxscope interprets, and any other model
 input by name (FFDNet's noise-level map), which is held fixed. `export(module, x, others, path,
 exporter)` writes the ONNX model, with the other inputs as further graph inputs;
@@ -17,15 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # tests/ as a package, or (pytest's default rootdir-less import) as a plain directory
-    from . import torch_models as tm
-except ImportError:
-    import torch_models as tm
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
+)
+from architectures import torch_models as tm  # noqa: E402
 
 SEED = tm.SEED
 
@@ -857,7 +859,7 @@ def as_function(module: nn.Module, others: dict) -> nn.Module:
 
 
 # -- a torch reference interpreter for the zoo --------------------------------------------------
-# tests/torch_models.py's reference (the paper's LinearScope written against torch: a batch
+# torch_models' reference (the paper's LinearScope written against torch: a batch
 # [x, z_1 … z_K, 0] runs through a float64 copy of the module with every unit frozen at row x),
 # extended to the units of the zoo, each frozen as README.md's table says:
 #   Hardtanh / ReLU6 (Clip): slope and intercept of the active piece;
