@@ -14,11 +14,9 @@ import sys
 import numpy as np
 
 from .errors import InputError, OnnxscopeError
+from .files.inputs import assignment, feeds, input_shape, load_array
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
-
-
-MAX_ELEMENTS = 2**31 - 1  # bound on each size and on the element count of an --input-shape
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,24 +28,22 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
-def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, dims = text.rpartition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=1x3x224x224, got '{text}'") from None
-    if any(d < 1 for d in shape) or any(d > MAX_ELEMENTS for d in shape):
-        raise argparse.ArgumentTypeError(
-            f"every size in '{text}' must be between 1 and {MAX_ELEMENTS}"
-        )
-    if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' has {int(np.prod(shape, dtype=object))} elements; onnxscope takes inputs "
-            f"of at most {MAX_ELEMENTS} elements"
-        )
-    return name, shape
+def _arg(parse):
+    """An argparse type from a parser of onnxscope.files.inputs: its InputError becomes the
+    option's error."""
+
+    def arg(text: str):
+        try:
+            return parse(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return arg
+
+
+_shape_arg = _arg(input_shape)  # NAME=1x3x224x224
+_input_arg = _arg(lambda text: assignment(text, "NAME=FILE.npy"))
+_other_arg = _arg(lambda text: assignment(text, "NAME=VALUE or NAME=FILE.npy"))
 
 
 def _seed_arg(text: str) -> int:
@@ -58,13 +54,6 @@ def _seed_arg(text: str) -> int:
     if seed < 0:
         raise argparse.ArgumentTypeError(f"the seed must be 0 or more, got {seed}")
     return seed
-
-
-def _input_arg(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got '{text}'")
-    return name, path
 
 
 def _ints(form: str):
@@ -80,13 +69,6 @@ def _ints(form: str):
             raise argparse.ArgumentTypeError(f"expected {form}, got '{text}'") from None
 
     return parse
-
-
-def _other_arg(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name or not value:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE or NAME=FILE.npy, got '{text}'")
-    return name, value
 
 
 NPY_HELP = "the .npy file to write [n, *x.shape] (.npy is appended if missing)"
@@ -346,51 +328,19 @@ def cmd_rewrite(args) -> int:
     return EXIT_OK
 
 
-def _load_array(path: str, name: str) -> np.ndarray:
-    """An --input value from a .npy file, or an .npz archive holding exactly one array."""
-    try:
-        value = np.load(path, allow_pickle=False)
-        if isinstance(value, np.lib.npyio.NpzFile):
-            with value:
-                names = list(value.files)
-                if len(names) != 1:
-                    raise InputError(
-                        f"'{path}' (for input '{name}') is an .npz archive with {len(names)} "
-                        f"arrays {names}; give a .npy file, or an .npz holding exactly one array."
-                    )
-                value = value[names[0]]
-        if not isinstance(value, np.ndarray):
-            raise ValueError("not an array")
-        return value
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(
-            f"Could not read '{path}' for input '{name}' as .npy (or .npz with one array): {exc}"
-        ) from None
-
-
 def _interpret(args):
     """The scope and its interpretation at the --input values (random ones where not given)."""
     from .graph.model import graph_inputs, input_spec, resolve_input_shapes
 
     scope = _scope(args)
-    given = {name: _load_array(path, name) for name, path in args.input}
+    given = {name: load_array(path, name) for name, path in args.input}
     shapes = dict(args.input_shape)
     shapes.update({k: v.shape for k, v in given.items()})
     shapes = resolve_input_shapes(scope.model, shapes)
-    rng = np.random.default_rng(args.seed)
-    feeds = {}
-    for vi in graph_inputs(scope.model):
-        _, dtype = input_spec(vi)
-        if vi.name in given:
-            feeds[vi.name] = given[vi.name]
-        elif np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(shapes[vi.name]).astype(dtype)
-        else:
-            feeds[vi.name] = np.zeros(shapes[vi.name], dtype)
-    x = feeds.pop(scope.wrt)
-    return scope, scope.interpret(x, **feeds)
+    specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
+    fed = feeds(specs, given, shapes, seed=args.seed)
+    x = fed.pop(scope.wrt)
+    return scope, scope.interpret(x, **fed)
 
 
 def cmd_verify(args) -> int:

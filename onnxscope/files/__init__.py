@@ -1,2 +1,2 @@
-"""Files: reading users' inputs and writing outputs atomically, as a set, never touching what is
-not ours (outputs)."""
+"""Files: reading users' inputs (inputs) and writing outputs atomically, as a set, never touching
+what is not ours (outputs)."""

@@ -348,18 +348,11 @@ class AnalyzedModel:
         """The inputs of the analysis run: the real values where given, else standard normal
         floats (seed 0) and zeros; the same arrays on every call."""
         if self._feeds is None:
-            feeds = {}
-            rng = np.random.default_rng(0)
-            for vi in graph_inputs(self.model):
-                _, dtype = input_spec(vi)
-                shape = self.input_shapes[vi.name]
-                if vi.name in self._values:
-                    feeds[vi.name] = np.asarray(self._values[vi.name], dtype)
-                elif np.issubdtype(dtype, np.floating):
-                    feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-                else:
-                    feeds[vi.name] = np.zeros(shape, dtype)
-            self._feeds = feeds
+            from ..files.inputs import feeds
+
+            specs = {vi.name: input_spec(vi) for vi in graph_inputs(self.model)}
+            given = {n: np.asarray(v, specs[n][1]) for n, v in self._values.items() if n in specs}
+            self._feeds = feeds(specs, given, self.input_shapes, seed=0)
         return self._feeds
 
     @property

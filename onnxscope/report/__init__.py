@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from ..errors import InputError
-from .images import load_image, parse_number
+from .images import load_image
 from .page import MARKER, TOLERANCE, assemble
 from .sections import Report
 
@@ -174,34 +174,20 @@ class Progress:
 
 
 def _other_inputs(given: dict, specs: dict, wrt: str) -> dict[str, np.ndarray]:
-    """Arrays for the model's other inputs: a number fills the input's shape (free dims 1), a
-    string ending in .npy is loaded; inputs not given are an error."""
-    feeds = {}
+    """Arrays for the model's other inputs (files.inputs.input_value: a number fills the input's
+    shape, a string ending in .npy is loaded); inputs not given are an error."""
+    from ..files.inputs import feeds, input_value
+
+    others = {name: spec for name, spec in specs.items() if name != wrt}
+    arrays = {}
     for name, value in given.items():
-        if name not in specs or name == wrt:
+        if name not in others:
             raise InputError(
-                f"'{name}' is not another input of the model; they are "
-                f"{[n for n in specs if n != wrt]}."
+                f"'{name}' is not another input of the model; they are {list(others)}."
             )
-        dims, dtype = specs[name]
-        if isinstance(value, str) and value.lower().endswith(".npy"):
-            try:
-                array = np.load(value, allow_pickle=False)
-            except Exception as exc:
-                raise InputError(f"Could not read '{value}' for input '{name}': {exc}") from None
-        elif isinstance(value, (str, int, float)):
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
-            array = np.full(shape, parse_number(value))
-        else:
-            array = np.asarray(value)
-        feeds[name] = array.astype(dtype)
-    missing = [n for n in specs if n != wrt and n not in feeds]
-    if missing:
-        raise InputError(
-            f"The model has other input(s) {missing}: give each a value with "
-            f"--other NAME=VALUE or --other NAME=FILE.npy."
-        )
-    return feeds
+        arrays[name] = input_value(value, others[name], name)
+    hint = "give each a value with --other NAME=VALUE or --other NAME=FILE.npy"
+    return feeds(others, arrays, missing=f"The model has other input(s) {{names}}: {hint}.")
 
 
 def _legacy_report(numbers: dict) -> set[str] | None:

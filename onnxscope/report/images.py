@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from ..files.inputs import parse_number
 
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("rgb", "bgr", "gray")
@@ -39,17 +40,6 @@ class Conventions:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def parse_number(text: str | float) -> float:
-    """A float from '0.5', '1/255' or a number."""
-    if not isinstance(text, str):
-        return float(text)
-    num, sep, den = text.partition("/")
-    try:
-        return float(num) / float(den) if sep else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise InputError(f"Expected a number or a fraction like 1/255, got '{text}'.") from None
 
 
 def parse_numbers(text: str | float | tuple | list) -> tuple[float, ...]:
