@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import InputError, OnnxscopeError
 from .files.inputs import assignment, feeds, input_shape, load_array
+from .files.outputs import OutputSet, check_file, publish_file
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -311,18 +312,16 @@ def _legacy_rewrite(manifest: dict) -> set[str] | None:
     return None
 
 
-REWRITE_SET = {"kind": "rewrite", "index": "manifest.json", "legacy": _legacy_rewrite}
+REWRITE = OutputSet("rewrite", "manifest.json", _legacy_rewrite)  # graphs, manifest.json
 
 
 def cmd_rewrite(args) -> int:
-    from .files.outputs import check_folder, publish_folder
-
     scope = _scope(args)
     sources = [("input model", args.model)]
-    check_folder(args.output, sources=sources, **REWRITE_SET)  # before the work, not only after
+    REWRITE.check(args.output, sources=sources)  # before the work, not only after
     artifacts = scope.artifacts(dict(args.input_shape))
     files = artifacts.files()
-    out = publish_folder(args.output, files, sources=sources, **REWRITE_SET)
+    out = REWRITE.publish(args.output, files, sources=sources)
     units = artifacts.manifest["units"]
     print(f"Wrote {', '.join(files)} to {out} ({len(units)} frozen unit(s) and gate(s)).")
     return EXIT_OK
@@ -407,16 +406,12 @@ def cmd_votes(args) -> int:
 
 def _out_file(args) -> str:
     """Check -o before the work: the path to write, with .npy appended as numpy would."""
-    from .files.outputs import check_file
-
     return check_file(args.out, sources=_sources(args), suffix=".npy")
 
 
 def _save_npy(args, array: np.ndarray) -> str:
     """Write the .npy atomically; the path written, as printed (with a note if .npy was added)."""
     import io
-
-    from .files.outputs import publish_file
 
     buffer = io.BytesIO()
     np.save(buffer, array)

@@ -42,6 +42,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from ..errors import InputError
 
@@ -211,6 +212,27 @@ def publish_file(path, data: bytes, *, sources: Sources = (), suffix: str | None
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return shown
+
+
+@dataclass(frozen=True)
+class OutputSet:
+    """One kind of output set (`rewrite -o DIR`, `report -o DIR`): its kind, its index file and
+    how to read an index from before indexes listed their files; `check` and `publish` are
+    check_folder and publish_folder for it."""
+
+    kind: str
+    index: str
+    legacy: Legacy | None = None
+
+    def check(self, folder, *, sources: Sources = ()) -> str:
+        return check_folder(
+            folder, kind=self.kind, index=self.index, sources=sources, legacy=self.legacy
+        )
+
+    def publish(self, folder, files: Mapping[str, Content], *, sources: Sources = ()) -> str:
+        return publish_folder(
+            folder, files, kind=self.kind, index=self.index, sources=sources, legacy=self.legacy
+        )
 
 
 # -- the pieces ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 from ..errors import InputError
+from ..files.outputs import OutputSet
 from .images import load_image
 from .page import MARKER, TOLERANCE, assemble
 from .sections import Report
@@ -84,7 +85,7 @@ def write_report(
 
     figures.require_matplotlib()
     sources = _sources(model, image, other)
-    out_dir = _check_destination(out_dir, sources)
+    out_dir = REPORT.check(out_dir, sources=sources)
     bar = Progress(5, sys.stderr.isatty() if progress is None else progress)
     bar.step("rewriting the model")
     cut = []
@@ -139,7 +140,7 @@ def write_report(
     r.mask_section(scope.artifacts({k: v.shape for k, v in it.inputs.items()}), mask_layer)
     bar.step("writing")
     files = assemble(r, errors)
-    _publish(out_dir, files, sources)
+    REPORT.publish(out_dir, files, sources=sources)
     bar.done()
     return os.path.join(out_dir, "index.html")
 
@@ -198,7 +199,7 @@ def _legacy_report(numbers: dict) -> set[str] | None:
     return None
 
 
-REPORT_SET = {"kind": "report", "index": MARKER, "legacy": _legacy_report}
+REPORT = OutputSet("report", MARKER, _legacy_report)  # index.html, PNGs, report.json
 
 
 def _sources(model, image, other) -> list[tuple[str, object]]:
@@ -208,17 +209,3 @@ def _sources(model, image, other) -> list[tuple[str, object]]:
         if isinstance(value, (str, os.PathLike)) and os.fspath(value).lower().endswith(".npy"):
             found.append((f"--other file of '{name}'", value))
     return found
-
-
-def _check_destination(out_dir, sources) -> str:
-    """The absolute path of the report folder, once checked (files.outputs.check_folder)."""
-    from ..files.outputs import check_folder
-
-    return check_folder(out_dir, sources=sources, **REPORT_SET)
-
-
-def _publish(out_dir: str, files: dict[str, bytes], sources=()) -> None:
-    """Publish the report's files as one set at out_dir (files.outputs.publish_folder)."""
-    from ..files.outputs import publish_folder
-
-    publish_folder(out_dir, files, sources=sources, **REPORT_SET)
