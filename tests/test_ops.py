@@ -33,6 +33,7 @@ marker must then be removed.
 
 from __future__ import annotations
 
+import pkgutil
 from functools import cache, lru_cache
 
 import numpy as np
@@ -55,6 +56,8 @@ from op_specs.refs import SELU_ALPHA, SELU_GAMMA, maxpool_window, reduce_argmax
 from op_specs.spec import F32, F64, ON_CUDA, Spec, f, i64, weights
 
 import onnxscope
+from onnxscope.rewrite import rules
+from onnxscope.rewrite.registry import RULES
 
 _LIVE_INTERPRETATIONS = 16 if ON_CUDA else None  # see ON_CUDA
 
@@ -141,15 +144,35 @@ def test_finite_difference(spec_id):
     assert_columns_match_fd(c, count=4, rtol=rtol)
 
 
+def _ops(specs) -> set[str]:
+    return {onnx.parser.parse_node(n).op_type for s in specs for n in s.nodes}
+
+
+def _checked_rules() -> dict[str, object]:
+    """The registry's rules that the table must cover: all but the value rules (comparisons,
+    Shape, ArgMax, Floor...), whose linear part is zero: they only freeze a value, which the specs
+    exercise where it feeds a condition or an index."""
+    return {op: rule for op, rule in RULES.items() if rule.kind != "value"}
+
+
 def test_table_covers_the_ops():
-    ops = {onnx.parser.parse_node(n).op_type for s in SPECS for n in s.nodes}
-    required = """Conv ConvTranspose Gemm MatMul Add Sub Mul Div BatchNormalization Relu LeakyRelu
-    PRelu Clip Sigmoid HardSigmoid HardSwish Tanh Erf Elu Selu Softplus Gelu Exp Softmax LogSoftmax
-    MaxPool GlobalMaxPool AveragePool GlobalAveragePool ReduceMean ReduceSum ReduceMax Reshape
-    Flatten Transpose Squeeze Unsqueeze Concat Split Slice Pad Resize DepthToSpace SpaceToDepth
-    InstanceNormalization LayerNormalization GroupNormalization Identity Dropout Cast Expand Tile
-    Gather Neg Abs Sqrt Reciprocal Max Min Sum Mean Where Pow""".split()
-    assert not set(required) - ops, f"ops without a spec: {sorted(set(required) - ops)}"
+    """Every op with a rule has a spec: a rule added without one fails here."""
+    missing = sorted(set(_checked_rules()) - _ops(SPECS))
+    assert not missing, f"ops with a rule but no spec: {missing}"
+
+
+def test_specs_sit_with_their_rule_family():
+    """op_specs/ mirrors rules/: one spec file per family module, and the specs of a rule defined
+    in rules/<family>.py are in op_specs/<family>.py. Rules built from a kind of rules/kinds.py
+    as it is (Neg, Identity: `register_self_linear`) name no family and are not placed here."""
+    modules = {m.name for m in pkgutil.iter_modules(rules.__path__)} - {"kinds"}
+    assert set(FAMILIES) == modules, "one tests/op_specs/<family>.py per rules/<family>.py"
+    misplaced = []
+    for op, rule in _checked_rules().items():
+        family = type(rule).__module__.rsplit(".", 1)[-1]
+        if family in FAMILIES and op not in _ops(FAMILIES[family]):
+            misplaced.append(f"{op}: no spec in tests/op_specs/{family}.py")
+    assert not misplaced, misplaced
 
 
 def test_bilinear_units_are_gates():

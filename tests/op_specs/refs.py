@@ -203,6 +203,18 @@ def elu(alpha):
     return lambda u: np.where(u > 0, u, alpha * (np.exp(np.minimum(u, 0)) - 1))
 
 
+def celu(alpha):
+    return lambda u: np.where(u > 0, u, alpha * np.expm1(np.minimum(u, 0) / alpha))
+
+
+def softsign(u):
+    return u / (1 + np.abs(u))
+
+
+def mish(u):
+    return u * np.tanh(np.logaddexp(0, u))
+
+
 def gelu(u):
     return 0.5 * u * (1 + erf(u / math.sqrt(2)))
 

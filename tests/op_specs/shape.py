@@ -75,6 +75,11 @@ SPECS: list[Spec] = [
       {"x": (2, 2, 3, 3)}, {"sizes": i64([2, 2, 5, 6])}, opset=13, pwl=True),
     S("Resize_cubic_scales", ["t = Tanh(x)", "y = Resize <mode=\"cubic\"> (t, , scales)"],
       {"x": (1, 1, 4, 4)}, {"scales": f([1, 1, 2, 2])}, opset=13),
+    S("Upsample_nearest_opset9",
+      ["r = Relu(x)", "y = Upsample <mode=\"nearest\"> (r, scales)"],
+      {"x": (1, 2, 3, 3)}, {"scales": f([1, 1, 2, 1.5])}, opset=9, pwl=True),
+    S("Upsample_linear_opset9", ["t = Tanh(x)", "y = Upsample <mode=\"linear\"> (t, scales)"],
+      {"x": (1, 2, 3, 4)}, {"scales": f([1, 1, 2, 2])}, opset=9),
     S("Resize_tf_crop_and_resize_extrapolation",
       ["t = Tanh(x)",
        "y = Resize <mode=\"linear\", coordinate_transformation_mode=\"tf_crop_and_resize\", "
