@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from .errors import InputError, OnnxscopeError
-from .files.inputs import assignment, feeds, input_shape, load_array
+from .files.inputs import assignment, input_shape, load_array
 from .files.outputs import OutputSet, check_file, publish_file
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
@@ -225,6 +225,9 @@ def _add_report_parser(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .runtime.sessions import quiet_process_logs
+
+    quiet_process_logs()  # the CLI owns its process: ONNX Runtime's errors come in our words
     try:
         return COMMANDS[args.command](args)
     except OnnxscopeError as exc:
@@ -329,7 +332,7 @@ def cmd_rewrite(args) -> int:
 
 def _interpret(args):
     """The scope and its interpretation at the --input values (random ones where not given)."""
-    from .graph.model import graph_inputs, input_spec, resolve_input_shapes
+    from .graph.model import graph_inputs, input_feeds, input_spec, resolve_input_shapes
 
     scope = _scope(args)
     given = {name: load_array(path, name) for name, path in args.input}
@@ -337,7 +340,7 @@ def _interpret(args):
     shapes.update({k: v.shape for k, v in given.items()})
     shapes = resolve_input_shapes(scope.model, shapes)
     specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
-    fed = feeds(specs, given, shapes, seed=args.seed)
+    fed = input_feeds(specs, given, shapes, seed=args.seed)
     x = fed.pop(scope.wrt)
     return scope, scope.interpret(x, **fed)
 

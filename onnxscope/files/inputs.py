@@ -7,8 +7,6 @@ NAME=FILE.npy, got 'x'"); the CLI turns them into argparse errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from ..errors import InputError
@@ -98,32 +96,3 @@ def input_value(value, spec: Spec, name: str) -> np.ndarray:
     else:
         array = np.asarray(value)
     return array.astype(dtype)
-
-
-def feeds(
-    specs: Mapping[str, Spec],
-    given: Mapping[str, np.ndarray],
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    *,
-    seed: int = 0,
-    missing: str = "No value given for the model input(s) {names}.",
-) -> dict[str, np.ndarray]:
-    """Values for the inputs `specs` ({name: (dims, dtype)}, in the model's order): the `given`
-    arrays as they are, in the order given (names not in `specs` are left out), then for each
-    input not given, in the model's order, standard normal floats drawn from one generator
-    seeded `seed`, or zeros for other dtypes, of the shape `shapes[name]`. Without `shapes`,
-    every input must be given: else an InputError, `missing` with the names not given."""
-    fed = {name: value for name, value in given.items() if name in specs}
-    absent = [name for name in specs if name not in fed]
-    if shapes is None:
-        if absent:
-            raise InputError(missing.format(names=absent))
-        return fed
-    rng = np.random.default_rng(seed)
-    for name in absent:
-        _, dtype = specs[name]
-        if np.issubdtype(dtype, np.floating):
-            fed[name] = rng.standard_normal(shapes[name]).astype(dtype)
-        else:
-            fed[name] = np.zeros(shapes[name], dtype)
-    return fed

@@ -140,6 +140,35 @@ def input_spec(vi: onnx.ValueInfoProto) -> tuple[list[int | str | None], np.dtyp
     return dims, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
 
 
+def input_feeds(
+    specs: Mapping[str, tuple[list, np.dtype]],
+    given: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    seed: int = 0,
+    missing: str = "No value given for the model input(s) {names}.",
+) -> dict[str, np.ndarray]:
+    """Values for the inputs `specs` ({name: (dims, dtype)}, in the model's order): the `given`
+    arrays as they are, in the order given (names not in `specs` are left out), then for each
+    input not given, in the model's order, standard normal floats drawn from one generator
+    seeded `seed`, or zeros for other dtypes, of the shape `shapes[name]`. Without `shapes`,
+    every input must be given: else an InputError, `missing` with the names not given."""
+    fed = {name: value for name, value in given.items() if name in specs}
+    absent = [name for name in specs if name not in fed]
+    if shapes is None:
+        if absent:
+            raise InputError(missing.format(names=absent))
+        return fed
+    rng = np.random.default_rng(seed)
+    for name in absent:
+        _, dtype = specs[name]
+        if np.issubdtype(dtype, np.floating):
+            fed[name] = rng.standard_normal(shapes[name]).astype(dtype)
+        else:
+            fed[name] = np.zeros(shapes[name], dtype)
+    return fed
+
+
 def resolve_input_shapes(
     model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]]
 ) -> dict[str, tuple[int, ...]]:
@@ -348,11 +377,9 @@ class AnalyzedModel:
         """The inputs of the analysis run: the real values where given, else standard normal
         floats (seed 0) and zeros; the same arrays on every call."""
         if self._feeds is None:
-            from ..files.inputs import feeds
-
             specs = {vi.name: input_spec(vi) for vi in graph_inputs(self.model)}
             given = {n: np.asarray(v, specs[n][1]) for n, v in self._values.items() if n in specs}
-            self._feeds = feeds(specs, given, self.input_shapes, seed=0)
+            self._feeds = input_feeds(specs, given, self.input_shapes, seed=0)
         return self._feeds
 
     @property

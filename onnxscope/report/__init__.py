@@ -177,7 +177,8 @@ class Progress:
 def _other_inputs(given: dict, specs: dict, wrt: str) -> dict[str, np.ndarray]:
     """Arrays for the model's other inputs (files.inputs.input_value: a number fills the input's
     shape, a string ending in .npy is loaded); inputs not given are an error."""
-    from ..files.inputs import feeds, input_value
+    from ..files.inputs import input_value
+    from ..graph.model import input_feeds
 
     others = {name: spec for name, spec in specs.items() if name != wrt}
     arrays = {}
@@ -188,7 +189,7 @@ def _other_inputs(given: dict, specs: dict, wrt: str) -> dict[str, np.ndarray]:
             )
         arrays[name] = input_value(value, others[name], name)
     hint = "give each a value with --other NAME=VALUE or --other NAME=FILE.npy"
-    return feeds(others, arrays, missing=f"The model has other input(s) {{names}}: {hint}.")
+    return input_feeds(others, arrays, missing=f"The model has other input(s) {{names}}: {hint}.")
 
 
 def _legacy_report(numbers: dict) -> set[str] | None:
