@@ -65,14 +65,19 @@ class ValueRule(Rule):
         return Plan((), ())
 
 
+def only_input(lin: list[bool], i: int = 0, what: str = "the data input") -> None:
+    """The one data-only refusal: input i alone may carry the probe's linear part."""
+    if any(f for k, f in enumerate(lin) if k != i):
+        raise Unsupported(f"only {what} may depend on the interpreted input")
+
+
 class DataOnly(Rule):
     """Ops linear in input 0 whose other inputs (shapes, indices, pads) are values."""
 
     lin_outputs: tuple[int, ...] | None = None  # None: every output
 
     def plan(self, node, lin, model) -> Plan:
-        if any(lin[1:]):
-            raise Unsupported("only the data input may depend on the interpreted input")
+        only_input(lin)
         outputs = self.lin_outputs
         return Plan((0,), tuple(range(len(node.output))) if outputs is None else outputs)
 
@@ -181,6 +186,7 @@ __all__ = [
     "PerSample",
     "SeparablePerSample",
     "register_self_linear",
+    "only_input",
     "attr",
     "normalize_axis",
     "operand",

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ..registry import register
-from .kinds import Plan, Rule, Unsupported, attr, is_zero, normalize_axis, operand
+from .kinds import Plan, Rule, Unsupported, attr, is_zero, normalize_axis, only_input, operand
 
 # For f(0) != 0, |u| below this uses the limit f'(0) (relative gain error ~ |f''/f'| * eps / 2)
 SECANT_EPS = 1e-7
@@ -46,8 +46,9 @@ class PiecewiseUnit(Rule):
     lin_input = 0
 
     def plan(self, node, lin, model) -> Plan:
-        if not lin[self.lin_input] or any(lin[i] for i in range(len(lin)) if i != self.lin_input):
+        if not lin[self.lin_input]:  # (PRelu with only its slope on the probe's path)
             raise Unsupported("only the first input may depend on the interpreted input")
+        only_input(lin, self.lin_input, "the first input")
         return Plan((self.lin_input,), (0,), self.describe(node))
 
     def describe(self, node) -> str:
@@ -238,8 +239,7 @@ class SecantUnit(Rule):
     kind = "unit"
 
     def plan(self, node, lin, model) -> Plan:
-        if any(lin[1:]):
-            raise Unsupported("only the first input may depend on the interpreted input")
+        only_input(lin, 0, "the first input")
         frozen = f"secant gain ({self.describe_gain(node)})"
         if self.f0(node):
             frozen += ", intercept (float: f(0), or the output where saturated)"
