@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ..errors import InputError, ModelError
 from .ops import CONTROL_FLOW_OPS, RANDOM_OPS, SHAPE_ONLY_OPS
@@ -360,6 +360,27 @@ class AnalyzedModel:
             info[name] = TensorInfo(tuple(self.input_shapes[name]), feeds[name].dtype)
         return info, static
 
+    def _inferred_wrong(self, model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], int]]:
+        """(runtime shape, inferred rank) of each tensor ONNX's inference gets wrong in `model`
+        that is not a mismatch already."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+        except onnx.shape_inference.InferenceError:
+            # ONNX's inference refuses the model (ONNX Runtime, which runs its own, loaded
+            # it): it then claims no shape, so none is contradicted
+            return {}
+        wrong = {}
+        for vi in inferred:
+            dims = vi.type.tensor_type.shape.dim
+            if not vi.type.tensor_type.HasField("shape") or vi.name not in self.info:
+                continue
+            if vi.name in self._mismatches or not all(d.HasField("dim_value") for d in dims):
+                continue
+            shape = self.info[vi.name].shape
+            if tuple(d.dim_value for d in dims) != shape:
+                wrong[vi.name] = (shape, len(dims))
+        return wrong
+
     def _at_input_shapes(self) -> onnx.ModelProto:
         """The light model with the analysis input shapes, no value_info and no outputs."""
         fixed = onnx.ModelProto()
@@ -383,35 +404,42 @@ class AnalyzedModel:
         return self._feeds
 
     @property
-    def inference_mismatches(self) -> dict[str, tuple[int, ...]]:
+    def inference_mismatches(self) -> dict[str, tuple[tuple[int, ...], int]]:
         """Tensors whose shape ONNX's shape inference (which ONNX Runtime applies when it loads a
-        graph) gets wrong, by name, with the runtime's shape: a ceil-mode pool whose last window
-        would start in the end padding is one window shorter at run time than ONNX infers below
-        opset 22. A graph that builds constants of the runtime shape on such a tensor does not
-        load unless the tensor is cropped to that shape first (a no-op at run time)."""
+        graph) gets wrong, by name, with (the runtime's shape, the inferred rank): a ceil-mode
+        pool whose last window would start in the end padding is one window shorter at run time
+        than ONNX infers below opset 22. A graph that builds constants of the runtime shape on
+        such a tensor does not load unless the tensor is reshaped to that shape first (a no-op
+        at run time)."""
         if self._mismatches is None:
-            try:
-                inferred = onnx.shape_inference.infer_shapes(self._at_input_shapes())
-                inferred = inferred.graph.value_info
-            except onnx.shape_inference.InferenceError:
-                # ONNX's inference refuses the model (ONNX Runtime, which runs its own, loaded
-                # it): it then claims no shape, so none is contradicted
-                inferred = []
+            # one at a time, in graph order, each reshaped before inferring again: a tensor
+            # computed from a wrongly inferred one is wrong too, until that one is fixed
             self._mismatches = {}
-            for vi in inferred:
-                dims = vi.type.tensor_type.shape.dim
-                if not vi.type.tensor_type.HasField("shape") or vi.name not in self.info:
-                    continue
-                if not all(d.HasField("dim_value") for d in dims):
-                    continue
-                shape = self.info[vi.name].shape
-                if tuple(d.dim_value for d in dims) != shape:
-                    self._mismatches[vi.name] = shape
+            order = {o: i for i, n in enumerate(self.nodes) for o in n.output}
+            fixed = self._at_input_shapes()
+            for _ in range(len(self.nodes)):
+                wrong = self._inferred_wrong(fixed)
+                if not wrong:
+                    break
+                name = min(wrong, key=lambda t: order.get(t, -1))
+                self._mismatches[name] = wrong[name]
+                _reshape_where_made(fixed.graph, name, wrong[name][0])
         return self._mismatches
 
     def names(self) -> set[str]:
         """Every name the model uses (see `graph_names`)."""
         return graph_names(self.graph)
+
+
+def _reshape_where_made(graph: onnx.GraphProto, name: str, shape: tuple[int, ...]) -> None:
+    """`name` produced under another name and reshaped to `shape` under its own (in place)."""
+    raw = f"{name}/onnxscope_as_inferred"
+    index = next(i for i, n in enumerate(graph.node) if name in n.output)
+    node = graph.node[index]
+    node.output[list(node.output).index(name)] = raw
+    target = f"{name}/onnxscope_runtime_shape"
+    graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64), target))
+    graph.node.insert(index + 1, helper.make_node("Reshape", [raw, target], [name]))
 
 
 def graph_names(graph: onnx.GraphProto) -> set[str]:

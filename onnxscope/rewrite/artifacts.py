@@ -115,7 +115,10 @@ class Artifacts:
         graph.CopyFrom(self.mask.graph)
         mask_outputs = {o.name for o in graph.output}
         del graph.output[:]
-        graph.output.extend(o for o in self.mask.graph.output if o.name in self.manifest["outputs"])
+        # the model's outputs, and the tensors kept as outputs so that ORT reuses no buffer of
+        # an inferred size (see Rewrite._mask_graph)
+        kept = {*self.manifest["outputs"], *self.manifest.get("as_inferred", {}).values()}
+        graph.output.extend(o for o in self.mask.graph.output if o.name in kept)
         twins = [
             ("linear", self.linear, self.linear_imports),
             ("bias", self.bias, self.bias_imports),

@@ -171,6 +171,16 @@ class Rewrite:
                 graph.node.extend(self._with_fixes(n))
         graph.node.extend(self._mb.nodes)
         graph.initializer.extend(self._mb.initializers.values())
+        # each tensor as its node made it, where ONNX's inference gets its shape wrong, is an
+        # output: ONNX Runtime plans the reuse of freed buffers by the inferred sizes, and one
+        # of these, freed, was handed to a larger tensor ("Shape mismatch attempting to re-use
+        # buffer"); an output is never reused
+        # (declared with the inferred rank and open dims: what ORT's inference says, no more)
+        mismatches = self.model.inference_mismatches
+        graph.output.extend(
+            value_info(raw, self.model.dtype(name), [None] * mismatches[name][1])
+            for name, (raw, _) in self._fixes.items()
+        )
         return graph
 
     def _inference_fixes(self) -> dict[str, tuple[str, list[onnx.NodeProto]]]:
@@ -180,7 +190,7 @@ class Rewrite:
         that every node after it in the mask graph, the model's and the rules', is inferred
         with the runtime's shape."""
         fixes, b = {}, self._mb
-        for name, shape in self.model.inference_mismatches.items():
+        for name, (shape, _) in self.model.inference_mismatches.items():
             start, prefix = len(b.nodes), b.prefix
             b.prefix = f"{name}/"
             raw = b.fresh("as_inferred")
@@ -217,18 +227,19 @@ class Rewrite:
         graph = self._mask_graph()
         names = list(dict.fromkeys([*m.outputs, *exported]))
         facts = {n: self.walk.mask_type(n) for n in names}
+        first = len(graph.output)  # (the raw outputs of `_mask_graph` before: dtype only)
         graph.output.extend(
             value_info(n, dtype, [None] * len(shape)) for n, (dtype, shape) in facts.items()
         )
         try:
             inferred = onnx.shape_inference.infer_shapes(model_like(m.model, graph, "mask"))
-            known = [vi for vi in inferred.graph.output if known_shape(vi)]
+            known = [vi for vi in inferred.graph.output[first:] if known_shape(vi)]
             contradicted = {vi.name for vi in known if value_type(vi)[1] != facts[vi.name][1]}
         except onnx.shape_inference.InferenceError:
             # inference refuses the graph: it contradicts nothing here, and the ONNX Runtime
             # session that validates every graph before it is written says what is wrong
             contradicted = set()
-        for vi in graph.output:
+        for vi in graph.output[first:]:
             if vi.name not in contradicted:
                 vi.CopyFrom(value_info(vi.name, *facts[vi.name]))
         return model_like(m.model, graph, "mask")
@@ -339,6 +350,9 @@ class Rewrite:
             "wrt": self.wrt,
             "input_shapes": {k: list(v) for k, v in self.model.input_shapes.items()},
             "outputs": self.model.outputs,
+            # tensors whose shape ONNX's inference gets wrong: the mask graph (and scope.onnx)
+            # outputs each as its node made it, under this name, before the runtime's reshape
+            "as_inferred": {name: raw for name, (raw, _) in self._fixes.items()},
             "units": units,
         }
 
