@@ -268,6 +268,26 @@ def test_verify_still_fails_a_wrong_normalization(monkeypatch):
     assert not it.verify().passed("reconstruction")
 
 
+@pytest.mark.parametrize("seed", [3, 11])
+def test_verify_passes_a_secant_that_carries_the_models_rounding(seed):
+    """Tanh(LogSoftmax(x - 2e4)): the model knows x - 2e4 to ulp(2e4) = 0.002, which its Tanh,
+    saturated, all but ignores (slope 1e-12), while the frozen secant gain (tanh(u)/u = 0.07
+    at u = -15) carries it into A_x x + c_x: verify said FAILED at 1.5e-5 against a floor of
+    2.4e-7 on an exact rewrite. The affine map evaluated in one graph with the model's tensors
+    rounded otherwise measures that floor (found by the long property profile)."""
+    rng = np.random.default_rng(seed)
+    x = (-1000 - 500 * rng.random((1, 1, 3, 3))).astype(F32)
+    model = make_model(
+        ["t = Add(x, shift)", "s = LogSoftmax <axis=0> (t)", "g = Tanh(s)", "y = ReduceMin(g)"],
+        {"x": x.shape},
+        inits={"shift": F32(-20000)},
+        opset=10,
+    )
+    v = onnxscope.LinearScope(model).interpret(x).verify()
+    assert v["reconstruction"] > 1e-5  # (what it said FAILED at)
+    assert v.ok, v.as_dict()
+
+
 def test_verify_fails_a_wrong_linear_map(monkeypatch):
     """A_x off by 1e-3 in one direction: reconstruction and the adjoint must fail."""
     model = make_model(
