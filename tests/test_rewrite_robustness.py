@@ -145,6 +145,20 @@ def test_no_buffer_of_an_inferred_size_is_reused():
     np.testing.assert_array_equal(out["t14"], it.outputs["t14"])
 
 
+@pytest.mark.parametrize("opset", [19, 22])  # (AveragePool has dilations from opset 19)
+def test_a_dilated_average_pool_with_same_padding(opset):
+    # ONNX Runtime gives this pool 2 columns where ONNX's inference (SAME: ceil(3 / 1)) says
+    # 3; the twins' own pool was inferred at 3 and their reshape to the runtime's 2 did not
+    # load (found by the long property profile)
+    x = normal(1, 2, 3, 3)
+    pool = 'AveragePool <auto_pad="SAME_UPPER", dilations=[1,2], kernel_shape=[1,2]>'
+    model = make_model(
+        ["t = Relu(x)", f"y = {pool} (t)", "z = Tanh(y)"], {"x": x.shape}, opset=opset
+    )
+    checked = check_model(model, {"x": x})
+    loads_everywhere(checked)
+
+
 def test_a_rank_that_onnx_inference_gets_wrong():
     # PRelu's inference at opset 10 keeps its input's rank (a scalar here), the runtime
     # broadcasts it against the slope to [1]: the fix must change the rank, not only crop

@@ -151,19 +151,18 @@ class TwinContext(NodeContext):
             return x
         return self.b.reshape(x, [-1, *([1] * (rank - len(shape))), *shape])
 
-    def per_sample(
-        self, x: str, in_shape, out_shape, op_type: str, rest=(), crop=False, **attrs
-    ) -> str:
+    def per_sample(self, x: str, in_shape, out_shape, op_type: str, rest=(), **attrs) -> str:
         """Apply a batched op (Conv, pooling, Resize...) to [K, N, ...] by folding K into N.
 
         The node's attributes are copied; keyword attributes override them (None drops one).
-        `crop`: slice the op's spatial output to `out_shape`, a no-op at run time that makes ONNX's
-        shape inference (which ONNX Runtime applies when loading) agree with the runtime where it
-        overestimates the size (ceil-mode pools).
+        Where ONNX's shape inference (which ONNX Runtime applies when loading) overestimates the
+        node's output (a ceil-mode pool dropping its last window, ORT's SAME padding of a dilated
+        pool: `inference_mismatches`), the op's spatial output is sliced to `out_shape`, a no-op
+        at run time that makes the two agree.
         """
         folded = self.b.reshape(x, [-1, *in_shape[1:]], "fold")
         y = self.b.op(op_type, [folded, *rest], op_type.lower(), attrs=self.node.attribute, **attrs)
-        if crop:
+        if self.node.output[0] in self.model.inference_mismatches:
             axes = list(range(2, len(out_shape)))
             y = self.b.slice(y, [0] * len(axes), list(out_shape[2:]), axes)
         return self.b.reshape(y, [-1, *out_shape], "unfold")

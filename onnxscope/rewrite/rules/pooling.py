@@ -282,12 +282,8 @@ class ReduceSelection(FlatIndexSelection):
 
 @register("AveragePool")
 class AveragePool(SeparablePerSample):
-    # sum over each window / its divisor; both are products of per-axis factors
-    def linear(self, node, c) -> None:
-        # (a ceil-mode pool's output is cropped to the runtime's size, see per_sample)
-        crop = bool(attr(node, "ceil_mode", 0))
-        c.set_out(c.per_sample(c.lin(0), c.in_shape(0), c.out_shape(), node.op_type, crop=crop))
-
+    # sum over each window / its divisor; both are products of per-axis factors (the twin is
+    # PerSample's: the pool itself on the probes folded into the batch axis)
     def restricted(self, node, a, axis, x):
         in_shape = a.in_shape(0)
         spatial = len(in_shape) - 2
