@@ -145,6 +145,28 @@ def test_no_buffer_of_an_inferred_size_is_reused():
     np.testing.assert_array_equal(out["t14"], it.outputs["t14"])
 
 
+def test_no_buffer_of_an_inferred_size_is_reused_in_the_twins():
+    # the same in the linear and bias graphs: the twin's own ceil-mode pool (inferred 2x2, 2x1
+    # at run time) was planned into a freed buffer of 4 elements; such tensors are outputs of
+    # the twins too, and the readings hand out the model's outputs only
+    x = normal(1, 1, 3, 3)
+    model = make_model(
+        [
+            "t0 = MaxPool <kernel_shape=[1,1], strides=[1,1]> (x)",
+            "t2 = AveragePool <kernel_shape=[1,1], strides=[2,2]> (t0)",
+            "t4 = AveragePool <ceil_mode=1, kernel_shape=[1,1], strides=[2,3]> (t0)",
+        ],
+        {"x": x.shape},
+        outputs=["t2", "t4"],
+        opset=10,
+    )
+    it = onnxscope.LinearScope(model).interpret(x)
+    assert it.verify().ok
+    assert set(it.biases) == set(it.apply_all(x[None])) == {"t2", "t4"}
+    np.testing.assert_array_equal(it.apply_all(x[None])["t4"][0], x[:, :, ::2, :1])
+    loads_everywhere(check_model(model, {"x": x}))
+
+
 @pytest.mark.parametrize("opset", [19, 22])  # (AveragePool has dilations from opset 19)
 def test_a_dilated_average_pool_with_same_padding(opset):
     # ONNX Runtime gives this pool 2 columns where ONNX's inference (SAME: ceil(3 / 1)) says

@@ -75,6 +75,10 @@ class TwinContext(NodeContext):
     def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probe: str):
         self.model, self.wrt, self.b = model, wrt, b
         self.imports: dict[str, str] = {}  # graph input name -> mask-graph output name
+        # tensors made here whose shape ONNX's inference gets wrong, with their dtype and rank:
+        # the graph lists them as outputs, so that ONNX Runtime, which plans buffer reuse by
+        # inferred sizes, never hands one a buffer of another size
+        self.as_inferred: dict[str, tuple[np.dtype, int]] = {}
         self._imported: dict[str, str] = {}
         self._probe = probe
         self._batch: str | None = None
@@ -163,6 +167,7 @@ class TwinContext(NodeContext):
         folded = self.b.reshape(x, [-1, *in_shape[1:]], "fold")
         y = self.b.op(op_type, [folded, *rest], op_type.lower(), attrs=self.node.attribute, **attrs)
         if self.node.output[0] in self.model.inference_mismatches:
+            self.as_inferred[y] = (self.model.dtype(self.node.output[0]), len(out_shape))
             axes = list(range(2, len(out_shape)))
             y = self.b.slice(y, [0] * len(axes), list(out_shape[2:]), axes)
         return self.b.reshape(y, [-1, *out_shape], "unfold")

@@ -266,6 +266,7 @@ class Rewrite:
                 result = c.zeros(shape, dtype)
             out = b.op("Identity", [result], outputs=[name])
             outputs.append(value_info(out, dtype, [1 if affine else "K", *shape]))
+        outputs += _as_inferred_outputs(c)
         inputs = [] if affine else [value_info(probe, x_dtype, ["K", *x_shape])]
         inputs += [walk.graph_input(name, source) for name, source in c.imports.items()]
         nodes = b.nodes
@@ -400,6 +401,7 @@ def bias_layers(walk: Walk, selector: str) -> tuple[onnx.ModelProto, dict[str, s
         result = c.env.get(name) or c.zeros(m.shape(name), m.dtype(name))
         out = b.op("Identity", [result], outputs=[name])
         outputs.append(value_info(out, m.dtype(name), ["K", *m.shape(name)]))
+    outputs += _as_inferred_outputs(c)
     inputs = [value_info(selector, x_dtype, ["K", len(labels)])]
     inputs += [walk.graph_input(name, source) for name, source in c.imports.items()]
     graph = helper.make_graph(
@@ -409,6 +411,11 @@ def bias_layers(walk: Walk, selector: str) -> tuple[onnx.ModelProto, dict[str, s
     m.weights.externalize(model.graph)
     validate_graph(model, "bias-by-layer graph", m.weights)
     return model, dict(c.imports), labels
+
+
+def _as_inferred_outputs(c) -> list[onnx.ValueInfoProto]:
+    """A twin's tensors whose shape ONNX's inference gets wrong, as outputs (see TwinContext)."""
+    return [value_info(t, dtype, [None] * rank) for t, (dtype, rank) in c.as_inferred.items()]
 
 
 def _outputs_of(nodes) -> list[str]:

@@ -517,7 +517,11 @@ class Interpretation:
         for name in names:
             binding.bind_output(name, self._s.device)
         session.run_with_iobinding(binding)
-        return dict(zip(names, binding.copy_outputs_to_cpu()))
+        # the model's outputs (the adjoint's: the interpreted input); a graph's other outputs
+        # are tensors kept as outputs only so that ONNX Runtime reuses no buffer for them
+        wanted = {*self.output_names, self.scope.wrt}
+        values = zip(names, binding.copy_outputs_to_cpu())
+        return {name: value for name, value in values if name in wanted}
 
     def _check_result(self, what: str, value: np.ndarray) -> None:
         """A reading of finite probes is finite unless the model's weights are not."""
