@@ -172,6 +172,10 @@ def noisy(model: onnx.ModelProto, floats: dict) -> tuple[onnx.ModelProto, list[s
             factors.extend(extra)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
+    # every tensor as its node made it is an output too: ONNX Runtime plans buffer reuse by
+    # ONNX's inferred sizes, which are wrong after some pools (see the mask graph's as_inferred)
+    raws = [o for n in nodes for o in n.output if o.endswith("__raw")]
+    m.graph.output.extend(onnx.ValueInfoProto(name=o) for o in raws)
     return m, factors
 
 
