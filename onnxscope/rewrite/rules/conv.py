@@ -17,7 +17,10 @@ def conv_geometry(node, in_shape, w_shape, out_shape, transposed: bool):
 
     A ConvTranspose with output_shape pads as ONNX Runtime does (checked against it): the total
     padding split with the larger half first (last for SAME_UPPER); an output larger than the
-    natural size gets its extra rows at the end, written here as a negative end pad.
+    natural size gets its extra rows at the end, written here as a negative end pad. A pool
+    (w_shape [0, 0, *kernel]) with SAME padding pads as ONNX Runtime's pools do: the total
+    (ceil(in / stride) - 1) * stride + kernel - in with the kernel *not* dilated (its output
+    size then follows from the dilated extent: a dilated SAME pool can come out smaller).
     """
     spatial = len(in_shape) - 2
     strides = list(attr(node, "strides", [1] * spatial))
@@ -34,6 +37,9 @@ def conv_geometry(node, in_shape, w_shape, out_shape, transposed: bool):
             if transposed:  # total padding the spec derives from the requested output size
                 out_pad = list(attr(node, "output_padding", [0] * spatial))[k]
                 total = strides[k] * (in_shape[k + 2] - 1) + out_pad + extent - out_shape[k + 2]
+            elif w_shape[0] == 0 and auto_pad != "NOTSET":  # a pool: ONNX Runtime's SAME
+                count = -(-in_shape[k + 2] // strides[k])
+                total = max((count - 1) * strides[k] + kernel[k] - in_shape[k + 2], 0)
             else:
                 total = max((out_shape[k + 2] - 1) * strides[k] + extent - in_shape[k + 2], 0)
             if total < 0:  # an output_shape past the natural size: extra rows at the end
