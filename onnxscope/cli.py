@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .converters.convert import add_parser as add_convert_parser  # `convert`: converters/
 
     add_convert_parser(sub)
+    # `serve` and `triton` (onnxscope/serve/): each module adds its subparser and sets
+    # `func`; their imports of the serve extra's libraries happen when the command runs
+    from .serve import commands as serve_commands
+    from .serve import triton as triton_commands
+
+    serve_commands.add_parser(sub)
+    triton_commands.add_parser(sub)
     return p
 
 
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_process_logs()  # the CLI owns its process: ONNX Runtime's errors come in our words
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) if args.command in COMMANDS else args.func(args)
     except OnnxscopeError as exc:
         print(f"onnxscope: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
