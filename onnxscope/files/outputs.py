@@ -14,9 +14,12 @@ Two kinds of output:
 
 What counts as "an earlier set": the set's index file (its own manifest) carries the key
 `onnxscope_output` = {"kind": ..., "files": [every entry written]}; DIR may be replaced only if
-every entry in it is a plain file listed there. A folder that merely holds a file named like the
-index is not onnxscope's. Anything else in DIR (a user's notes, a file added during the run) makes
-the write refuse, naming the extra entries, with nothing touched.
+every entry in it is a plain file listed there. A set may hold folders (`onnxscope triton`: one
+per model): its files are then listed as '/'-joined paths ("m/1/model.onnx"), and a folder in DIR
+is the set's only when a listed path runs through it (only those folders are looked into). A
+folder that merely holds a file named like the index is not onnxscope's. Anything else in DIR (a
+user's notes, a file added during the run) makes the write refuse, naming the extra entries, with
+nothing touched.
 
 Never written to: an input of the command (the model, --input files, the image), compared after
 resolving symbolic links (os.path.realpath) and as the same file (hard links); a path whose last
@@ -127,15 +130,24 @@ def publish_folder(
     legacy: Legacy | None = None,
 ) -> str:
     """Publish `files` ({name: bytes or writer(path)}) as the output set `kind` at `folder`, all
-    or nothing, and return the folder's absolute path. `files[index]` is the set's index, a JSON
-    object (bytes or dict) to which the `onnxscope_output` key is added; writers may create
-    further files beside theirs (they join the set). Raises OutputError, changing nothing at
-    `folder`, when it is not replaceable (see check_folder) or a write fails."""
+    or nothing, and return the folder's absolute path. A name is a file name or a '/'-joined
+    relative path ("m/1/model.onnx": its folders are created). `files[index]` is the set's index,
+    a top-level JSON object (bytes or dict) to which the `onnxscope_output` key is added; writers
+    may create further files beside theirs (they join the set). Raises OutputError, changing
+    nothing at `folder`, when it is not replaceable (see check_folder) or a write fails."""
     if index not in files:
         raise ValueError(f"the set has no index file '{index}'")
+    if "/" in index:
+        raise ValueError(f"the index must be a top-level file, not {index!r}")
     for name in files:
-        if os.path.basename(name) != name or name in (".", "..") or name == STAGING:
-            raise ValueError(f"not a plain file name: {name!r}")
+        parts = name.split("/")
+        if any(p in ("", ".", "..") or os.path.basename(p) != p for p in parts) or (
+            parts[0] == STAGING
+        ):
+            raise ValueError(f"not a plain file name or relative path: {name!r}")
+    clash = _folders(files) & set(files)
+    if clash:
+        raise ValueError(f"{sorted(clash)[0]!r} is both a file and a folder of the set")
     shown = check_folder(folder, kind=kind, index=index, sources=sources, legacy=legacy)
     _, parent, name = _target(shown, "folder")
     _make_parent(parent, shown)
@@ -314,24 +326,37 @@ def _check_dest_folder(dest: str, shown: str, kind, index, legacy) -> None:
 
 
 def _foreign(folder: str, kind, index, legacy) -> list[str]:
-    """The entries of `folder` that are not plain files of one earlier set `kind` (listed in its
-    index); [] when the folder may be replaced (an earlier set, or empty). Reads through one
-    handle on the folder, so that a concurrent swap cannot mix two sets' listings."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    """The entries of `folder` (paths, '/'-joined below it) that are not plain files or folders
+    of one earlier set `kind` (listed in its index); [] when the folder may be replaced (an
+    earlier set, or empty)."""
+    return _survey(folder, kind, index, legacy)[2]
+
+
+def _survey(folder: str, kind, index, legacy) -> tuple[list[str], list[str], list[str]]:
+    """(the set's files, its folders, the foreign entries) in `folder`. Reads through one handle
+    on the folder, so that a concurrent swap cannot mix two sets' listings, and enters only the
+    folders the index's paths run through."""
+    fd = os.open(folder, _DIR_FLAGS)
     try:
-        entries = sorted(os.listdir(fd))
-        files = {e for e in entries if _is_file(e, fd)}
-        ours: set[str] = set()
         obj = None
-        if index in files:
+        if _is_file(index, fd):
             try:
                 index_fd = os.open(index, os.O_RDONLY, dir_fd=fd)
                 with os.fdopen(index_fd, "rb") as f:
                     obj = json.loads(f.read())
             except (OSError, ValueError):
                 obj = None
+        ours = _owned(obj, kind, index, legacy)
+        files, folders, others = _tree(fd, _folders(ours))
     finally:
         os.close(fd)
+    foreign = sorted(others + [f for f in files if f not in ours])
+    return [f for f in files if f in ours], folders, foreign
+
+
+def _owned(obj, kind, index, legacy) -> set[str]:
+    """The entries an index object says its set wrote (empty unless it lists itself)."""
+    ours: set[str] = set()
     if isinstance(obj, dict):
         mark = obj.get(MARK)
         if isinstance(mark, dict) and mark.get("kind") == kind:
@@ -340,9 +365,57 @@ def _foreign(folder: str, kind, index, legacy) -> list[str]:
                 ours = set(listed)
         elif MARK not in obj and legacy is not None:
             ours = set(legacy(obj) or ())
-    if index not in ours:
-        ours = set()
-    return [e for e in entries if e not in ours or e not in files]
+    return ours if index in ours else set()
+
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _folders(paths) -> set[str]:
+    """The folders that '/'-joined relative paths run through ("a/b/f" -> {"a", "a/b"})."""
+    out = set()
+    for path in paths:
+        parts = path.split("/")[:-1]
+        out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    return out
+
+
+def _tree(fd: int, folders: set[str] | None = None, prefix: str = ""):
+    """(files, folders, others) below the folder open as `fd`, as '/'-joined relative paths, never
+    following links. Only the folders in `folders` (all when None) are entered; any other folder,
+    link or special file is an other."""
+    files: list[str] = []
+    dirs: list[str] = []
+    others: list[str] = []
+    for entry in sorted(os.listdir(fd)):
+        rel = prefix + entry
+        try:
+            mode = os.lstat(entry, dir_fd=fd).st_mode
+        except OSError:
+            others.append(rel)
+            continue
+        if stat.S_ISREG(mode):
+            files.append(rel)
+        elif stat.S_ISDIR(mode) and (folders is None or rel in folders):
+            dirs.append(rel)
+            sub = os.open(entry, _DIR_FLAGS, dir_fd=fd)
+            try:
+                below = _tree(sub, folders, rel + "/")
+            finally:
+                os.close(sub)
+            for mine, theirs in zip((files, dirs, others), below):
+                mine.extend(theirs)
+        else:
+            others.append(rel)
+    return files, dirs, others
+
+
+def _tree_at(folder: str, folders: set[str] | None = None):
+    fd = os.open(folder, _DIR_FLAGS)
+    try:
+        return _tree(fd, folders)
+    finally:
+        os.close(fd)
 
 
 def _is_file(path: str, dir_fd: int | None = None) -> bool:
@@ -449,13 +522,21 @@ def _new_staging(parent: str, name: str) -> tuple[str, int]:
 def _stage(staging: str, files: Mapping[str, Content], kind: str, index: str) -> None:
     for name, content in files.items():
         if name != index:
-            _write(os.path.join(staging, name), content)
-    entries = sorted({*os.listdir(staging), index} - {STAGING})
+            path = os.path.join(staging, *name.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _write(path, content)
+    written, folders, others = _tree_at(staging, _folders(files))
+    if others:
+        raise ValueError(
+            f"the output set may hold files and the folders of its names only; '{others[0]}' "
+            "is neither"
+        )
+    entries = sorted({*written, index} - {STAGING})
     for entry in entries:
-        if entry != index and not _is_file(os.path.join(staging, entry)):
-            raise ValueError(f"the output set may hold files only; '{entry}' is not one")
         if entry != index:
             _fsync_file(os.path.join(staging, entry))
+    for folder in folders:
+        _fsync_dir(os.path.join(staging, folder))
     head = files[index]
     obj = dict(head) if isinstance(head, Mapping) else json.loads(head)
     if not isinstance(obj, dict):
@@ -561,13 +642,18 @@ def _exchange(a: str, b: str) -> bool:
 def _remove_set(folder: str, kind, index, legacy) -> None:
     """Delete a displaced earlier set: its listed files only, then the folder if that left it
     empty (else it stays, with a notice: something was added to it meanwhile)."""
-    if _foreign(folder, kind, index, legacy):
+    files, folders, foreign = _survey(folder, kind, index, legacy)
+    if foreign:
         _notice(f"kept '{folder}': it holds entries onnxscope did not write")
         return
     # the index last: a run killed midway leaves a smaller set that is still provably ours
-    for entry in sorted(os.listdir(folder), key=lambda e: e == index):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(folder, entry))
+    for entry in files:
+        if entry != index:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, entry))
+    _remove_folders(folder, folders)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(folder, index))
     try:
         os.rmdir(folder)
     except OSError:
@@ -577,12 +663,20 @@ def _remove_set(folder: str, kind, index, legacy) -> None:
 def _remove_staging(folder: str) -> None:
     """Delete a staging folder of this process (only files it wrote are in it)."""
     with contextlib.suppress(OSError):
-        for entry in os.listdir(folder):
-            path = os.path.join(folder, entry)
-            if _is_file(path):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        files, folders, _ = _tree_at(folder)
+        for entry in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, entry))
+        _remove_folders(folder, folders)
         os.rmdir(folder)
+
+
+def _remove_folders(folder: str, folders: list[str]) -> None:
+    """Remove the (emptied) folders below `folder`, the deepest first; one that is not empty
+    stays."""
+    for sub in sorted(folders, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(folder, sub))
 
 
 def _sweep(parent: str, name: str, kind, index, legacy, skip: str | None = None) -> None:
