@@ -525,6 +525,11 @@ def run(args) -> int:
         raise InputError("triton needs MODEL(s) and -o REPO (or --check REPO to check one).")
     _pb()
     readings = [r.strip() for r in args.readings.split(",") if r.strip()]
+    unknown = [r for r in readings if r not in _readings()]
+    if unknown:
+        raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(_readings())}.")
+    if args.instances < 1:
+        raise InputError(f"--instances must be 1 or more, not {args.instances}.")
     sources = {_model_name(m): m for m in args.model}
     if len(sources) < len(args.model):
         raise InputError("Two MODEL files have the same name; rename one of them.")
@@ -547,37 +552,46 @@ def _model_name(path: str) -> str:
 
 
 def _load_all(args, sources: dict[str, str], readings: list[str]) -> list:
-    """The ServedModels of every MODEL; --input-shape and --wrt go to the models that have
-    that input (a name no model has is an error)."""
+    """The ServedModels of every MODEL. --input-shape, --wrt and --output go to the models that
+    have that input or output (a name no model has is an error)."""
     from .models import load
 
     shapes = dict(args.input_shape)
-    inputs = {name: _input_names(path) for name, path in sources.items()}
-    for wanted in [*shapes, *([args.wrt] if args.wrt else [])]:
-        if not any(have is None or wanted in have for have in inputs.values()):
-            raise InputError(f"No MODEL has an input named '{wanted}' (--input-shape, --wrt).")
+    tensors = {name: _tensor_names(path) for name, path in sources.items()}
+
+    def has(name: str, tensor: str | None, kind: int) -> bool:
+        return tensor is not None and (tensors[name] is None or tensor in tensors[name][kind])
+
+    wanted = [(n, 0, "input") for n in shapes] + [
+        (args.wrt, 0, "input"),
+        (args.output_name, 1, "output"),
+    ]
+    for tensor, kind, what in wanted:
+        if tensor is not None and not any(has(name, tensor, kind) for name in sources):
+            raise InputError(f"No MODEL has an {what} named '{tensor}'.")
     models = []
     for name, path in sources.items():
-        have = inputs[name]
         models += load(
             path,
             name,
-            input_shapes={n: s for n, s in shapes.items() if have is None or n in have},
+            input_shapes={n: s for n, s in shapes.items() if has(name, n, 0)},
             readings=readings,
-            output=args.output_name,
-            wrt=args.wrt if have is None or args.wrt in have else None,
+            output=args.output_name if has(name, args.output_name, 1) else None,
+            wrt=args.wrt if has(name, args.wrt, 0) else None,
             providers="cpu",
         )
     return models
 
 
-def _input_names(path: str) -> set[str] | None:
-    """The model's input names, None when the file cannot be read here (then `load` says why)."""
+def _tensor_names(path: str) -> tuple[set[str], set[str]] | None:
+    """The model's (input, output) names, None when the file cannot be read here (then `load`
+    says why)."""
     import onnx
 
     from ..graph.model import graph_inputs
 
     try:
-        return {vi.name for vi in graph_inputs(onnx.load(path, load_external_data=False))}
+        model = onnx.load(path, load_external_data=False)
     except Exception:  # a missing or broken file: load() raises the one-paragraph error
         return None
+    return {vi.name for vi in graph_inputs(model)}, {vi.name for vi in model.graph.output}
