@@ -475,8 +475,8 @@ def add_parser(sub) -> None:
     )
     sp.add_argument(
         "--readings",
-        default=",".join(_readings()),
-        help="comma-separated readings to add (default: all; '' for the plain model only)",
+        help="comma-separated readings to add (default: votes,rows,columns,scope; '' for the "
+        "plain model only)",
     )
     sp.add_argument(
         "--device", default="cpu", choices=list(KINDS), help="instance kind (KIND_CPU/KIND_GPU)"
@@ -524,7 +524,8 @@ def run(args) -> int:
     if not args.model or not args.repository:
         raise InputError("triton needs MODEL(s) and -o REPO (or --check REPO to check one).")
     _pb()
-    readings = [r.strip() for r in args.readings.split(",") if r.strip()]
+    given = ",".join(_readings()) if args.readings is None else args.readings
+    readings = [r.strip() for r in given.split(",") if r.strip()]
     unknown = [r for r in readings if r not in _readings()]
     if unknown:
         raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(_readings())}.")
