@@ -352,7 +352,71 @@ def check_model(
         checked.it.outputs, checked.reference, out_rtol, "mask graph vs plain ORT: "
     )
     check_artifacts(checked.artifacts)
+    check_readings(checked)
     return checked
+
+
+def check_readings(checked: Checked, output: str | None = None, rtol: float = 1e-6) -> None:
+    """Every reading graph the model has (votes, rows, columns, scope: one ONNX Runtime run
+    each) equals the Python API (`votes`, `rows`, `columns`, `apply`, `apply_T`, `bias`) to
+    `rtol` relative to each result's largest magnitude, reading `output` (default: the first)."""
+    from onnxscope.rewrite.readings import unavailable
+    from onnxscope.serve.models import ServedModel
+
+    arts, it = checked.artifacts, checked.it
+    graphs = arts.readings(output)
+    out = output or it.output_names[0]
+    assert set(graphs) | set(unavailable(arts)) == {"votes", "rows", "columns", "scope"}
+
+    def run(reading: str, **feeds) -> dict[str, np.ndarray]:
+        """The reading's outputs by their usual names, fed by their usual names."""
+        g = graphs[reading]
+        served = ServedModel(reading, g.model, g.inputs, g.outputs, weights=arts.weights)
+        got = served.infer({**checked.inputs, **{g.names.get(k, k): v for k, v in feeds.items()}})
+        got.update({usual: got[name] for usual, name in g.names.items() if name in got})
+        models = {n: got[n] for n in it.output_names}
+        assert_outputs_equal(models, it.outputs, rtol, f"{reading}.onnx F(x) vs the mask graph: ")
+        return got
+
+    def same(got, expected, what: str) -> None:
+        assert_outputs_equal({what: got}, {what: expected}, rtol, f"{what} vs the Python API: ")
+
+    n_out, n_x = it.outputs[out].size, it.x.size
+    picks = lambda n: np.unique(np.array([0, n // 2, n - 1], np.int64))  # noqa: E731
+    if "votes" in graphs:
+        k = picks(n_out)
+        got = run("votes", classes=k)
+        same(got["votes"], np.stack([it.votes(int(i), out) for i in k]), "votes.onnx votes")
+        same(got["bias"], it.biases[out].ravel()[k], "votes.onnx bias")
+        same(run("rows", indices=k - n_out)["rows"], it.rows(k, out), "rows.onnx rows")
+    if "columns" in graphs:
+        j = picks(n_x)
+        columns = it.columns(j)
+        columns = columns[out] if isinstance(columns, dict) else columns
+        same(run("columns", indices=j)["columns"], columns, "columns.onnx columns")
+    rng = np.random.default_rng(7)
+    g, prefix = graphs["scope"], arts.scope_prefixes()
+    z = rng.standard_normal((2, *it.x.shape)).astype(it.x.dtype)
+    probes = {prefix["linear"] + arts.probe: z}
+    adjoint = any(s.name.startswith(prefix["adjoint"]) for s in g.inputs)
+    w = {}
+    for o in it.output_names if adjoint else ():
+        w[o] = rng.standard_normal((2, *it.outputs[o].shape)).astype(it.outputs[o].dtype)
+        probes[prefix["adjoint"] + arts.adjoint_probes[o]] = w[o]
+    got = run("scope", **probes)
+    for o in it.output_names:
+        same(got[prefix["linear"] + o], it.apply_all(z)[o], f"scope.onnx linear/{o}")
+        same(got[prefix["bias"] + o][0], it.biases[o], f"scope.onnx bias/{o}")
+    if adjoint:
+        same(got[prefix["adjoint"] + checked.wrt], it.apply_T_all(w), "scope.onnx adjoint")
+    # the probes omitted: F(x) and c_x alone, A_x z and A_x^T w for no probe (where the model
+    # runs on an empty batch: see readings._runs_without_probes)
+    if g.probe_default is None:
+        assert not any(s.optional for s in g.inputs)
+        return
+    bare = run("scope")
+    assert bare[prefix["linear"] + out].shape == (g.probe_default, *it.outputs[out].shape)
+    np.testing.assert_array_equal(bare[prefix["bias"] + out][0], got[prefix["bias"] + out][0])
 
 
 # -- finite differences --------------------------------------------------------------------------

@@ -87,10 +87,13 @@ def test_rewrite_writes_standalone_artifacts(sigmoid_model, tmp_path):
     assert sorted(os.listdir(out)) == [
         "adjoint.onnx",
         "bias.onnx",
+        "columns.onnx",
         "linear.onnx",
         "manifest.json",
         "mask.onnx",
+        "rows.onnx",
         "scope.onnx",
+        "votes.onnx",
     ]
     assert digest(sigmoid_model) == before
     manifest = json.loads((out / "manifest.json").read_text())
@@ -117,8 +120,19 @@ def test_rewrite_writes_standalone_artifacts(sigmoid_model, tmp_path):
     f, az, cz, atw2 = scope.run(None, {"x": x, "linear/probe": x[None], "adjoint/probe": w})
     np.testing.assert_allclose(az[0] + cz[0], f, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(atw2, atw, rtol=1e-6, atol=1e-7)
-    for name in ("mask.onnx", "linear.onnx", "bias.onnx", "adjoint.onnx", "scope.onnx"):
-        onnx.checker.check_model(onnx.load(out / name), full_check=True)
+    # the reading graphs, fed by the names the manifest gives: votes and their bias sum to F
+    votes_spec = manifest["readings"]["votes"]
+    assert [t["name"] for t in votes_spec["inputs"]] == ["x", "classes"]
+    assert [t["name"] for t in votes_spec["outputs"]] == ["y", "votes", "bias"]
+    assert votes_spec["outputs"][1]["shape"] == ["K", 1, 2, 6, 6]
+    votes = ort.InferenceSession(str(out / votes_spec["file"]))
+    classes = np.array([0, 17, -1], np.int64)
+    f, v, c_k = votes.run(None, {"x": x, "classes": classes})
+    np.testing.assert_allclose(v.reshape(3, -1).sum(1) + c_k, f.ravel()[classes], rtol=1e-5)
+    assert manifest["readings_unavailable"] == {}
+    for name in os.listdir(out):
+        if name.endswith(".onnx"):
+            onnx.checker.check_model(onnx.load(out / name), full_check=True)
 
 
 def test_rewrite_refuses_to_overwrite_its_input(tmp_path):

@@ -28,7 +28,7 @@ from onnxscope.files.outputs import MARK, STAGING, publish_folder
 
 RNG = np.random.default_rng(11)
 REWRITE_FILES = ["adjoint.onnx", "bias.onnx", "linear.onnx", "manifest.json", "mask.onnx"]
-REWRITE_FILES = sorted([*REWRITE_FILES, "scope.onnx"])
+REWRITE_FILES = sorted([*REWRITE_FILES, "scope.onnx", "votes.onnx", "rows.onnx", "columns.onnx"])
 
 
 def _w(*shape):
@@ -340,8 +340,11 @@ def test_rewrite_replaces_the_whole_set_and_nothing_else(files, tmp_path, capsys
     (mine / "manifest.json").write_text('{"name": "my package"}')
     assert_error(main(capsys, "rewrite", files["a"], "-o", mine), "'manifest.json'")
     assert os.listdir(mine) == ["manifest.json"]
-    # an older onnxscope's rewrite (manifest without the list) is still ours
+    # an older onnxscope's rewrite (manifest without the list, no reading graphs but
+    # scope.onnx) is still ours
     del manifest[MARK]
+    for name in ("votes.onnx", "rows.onnx", "columns.onnx"):
+        os.remove(out / name)
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert main(capsys, "rewrite", files["a"], "-o", out)[0] == 0
     assert sorted(os.listdir(out)) == REWRITE_FILES and leftovers(tmp_path) == []

@@ -15,7 +15,6 @@ import onnx.compose
 from onnx import helper
 
 from ..errors import ModelError
-from ..graph.builder import GraphBuilder
 from ..graph.model import graph_names
 from ..graph.weights import LOCATION, Weights, checkable
 
@@ -51,6 +50,7 @@ class Artifacts:
     # of the model's tensors with a linear part: fed x instead of 0, the bias graph is the
     # affine map A_x z + c_x (verify's noise floor of the reconstruction)
     bias_values: dict[str, str] = field(default_factory=dict, repr=False)
+    reading_output: str | None = None  # the output the reading graphs read (None: the first)
 
     def bias_layers(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """The bias-by-layer graph (built on request: see `bias_layers`)."""
@@ -61,12 +61,17 @@ class Artifacts:
         return bias_layers(self.walk, self.selector)
 
     def graphs(self) -> dict[str, onnx.ModelProto]:
-        """Every graph `files()` writes, by file name."""
+        """Every graph `files()` writes, by file name: the four graphs, then the reading graphs
+        (scope.onnx, votes.onnx, rows.onnx, columns.onnx: readings.py)."""
+        return self._graphs_and_readings()[0]
+
+    def _graphs_and_readings(self):
         graphs = {"mask.onnx": self.mask, "linear.onnx": self.linear, "bias.onnx": self.bias}
         if self.adjoint is not None:
             graphs["adjoint.onnx"] = self.adjoint
-        graphs["scope.onnx"] = self.scope()
-        return graphs
+        readings = self.readings(self.reading_output)
+        graphs.update({f"{name}.onnx": r.model for name, r in readings.items()})
+        return graphs, readings
 
     def validate(self, graphs: dict[str, onnx.ModelProto] | None = None) -> None:
         """Check every graph (the ONNX checker, then an ONNX Runtime session); raise a ModelError
@@ -79,13 +84,17 @@ class Artifacts:
         refers to its one copy, as external data) and the manifest, each graph validated first:
         nothing is returned (so nothing written) unless every one loads in ONNX Runtime.
         weights.bin is a function that streams the file to a path (outputs.publish_folder)."""
-        graphs = self.graphs()
+        from .readings import unavailable
+
+        graphs, readings = self._graphs_and_readings()
         self.validate(graphs)
         write, size = None, 0
         if self.weights is not None:
             graphs, write, size = self.weights.pack(graphs)
         files: dict = {name: model.SerializeToString() for name, model in graphs.items()}
         manifest = dict(self.manifest)
+        manifest["readings"] = {name: r.json() for name, r in readings.items()}
+        manifest["readings_unavailable"] = unavailable(self)
         if write is not None:
             files[LOCATION] = write
             manifest["weights"] = {"file": LOCATION, "bytes": size}
@@ -107,64 +116,20 @@ class Artifacts:
 
     def scope(self) -> onnx.ModelProto:
         """The LinearScope in one model, for servers: inputs x (and the model's other inputs),
-        `linear/probe` z and `adjoint/<probe>` w; outputs F(x), `linear/<out>` = A_x z,
-        `bias/<out>` = c_x and `adjoint/<x>` = A_x^T w (prefixes: `scope_prefixes()`, the probe
-        names: `probe`, `adjoint_probes`). The adjoint is left out where the model's opset is
-        below the adjoint graph's (the model's own nodes keep their opset)."""
-        graph = onnx.GraphProto()
-        graph.CopyFrom(self.mask.graph)
-        mask_outputs = {o.name for o in graph.output}
-        del graph.output[:]
-        # the model's outputs, and the tensors kept as outputs so that ORT reuses no buffer of
-        # an inferred size (see Rewrite._mask_graph)
-        kept = {*self.manifest["outputs"], *self.manifest.get("as_inferred", {}).values()}
-        graph.output.extend(o for o in self.mask.graph.output if o.name in kept)
-        twins = [
-            ("linear", self.linear, self.linear_imports),
-            ("bias", self.bias, self.bias_imports),
-        ]
-        model_opset = next(i.version for i in self.mask.opset_import if i.domain in ("", "ai.onnx"))
-        if self.adjoint is not None and model_opset >= ADJOINT_MIN_OPSET:
-            twins.append(("adjoint", self.adjoint, self.adjoint_imports))
-        prefixes = self.scope_prefixes()
-        # masks whose shape ONNX's inference gets wrong (the mask graph leaves their dims open)
-        # reach the twins through a Reshape to the runtime's shape: a no-op at run time that
-        # ONNX Runtime's load-time inference takes at its word
-        open_dims = {o.name for o in self.mask.graph.output if not known_shape(o)}
-        b = GraphBuilder(model_opset, graph_names(self.mask.graph))
-        # one initializer per weight: a twin's stub of data the graph already has is renamed to
-        # the one there (ONNX Runtime would otherwise make a session copy for each name)
-        stubs = {_stub_key(t): t.name for t in graph.initializer if _stub_key(t)}
-        for role, twin, imports in twins:
-            prefix = prefixes[role]
-            twin = onnx.compose.add_prefix(twin, prefix)
-            feeds = {f"{prefix}{name}": source for name, source in imports.items()}
-            assert set(feeds.values()) <= mask_outputs
-            start = len(b.nodes)
-            for vi in twin.graph.input:
-                if feeds.get(vi.name) in open_dims:
-                    shape = value_type(vi)[1]
-                    b.op("Reshape", [feeds[vi.name], b.ints(shape)], outputs=[vi.name])
-                    feeds[vi.name] = vi.name
-            kept = []
-            for t in twin.graph.initializer:
-                key = _stub_key(t)
-                if key in stubs:
-                    feeds[t.name] = stubs[key]
-                else:
-                    kept.append(t)
-                    if key:
-                        stubs[key] = t.name
-            for node in twin.graph.node:
-                node.input[:] = [feeds.get(i, i) for i in node.input]
-            graph.node.extend(b.nodes[start:])
-            graph.node.extend(twin.graph.node)
-            graph.initializer.extend(kept)
-            graph.input.extend(i for i in twin.graph.input if i.name not in feeds)
-            graph.output.extend(twin.graph.output)
-        graph.initializer.extend(b.initializers.values())
-        graph.name = "scope"
-        return model_like(self.mask, graph, "scope")
+        `linear/probe` z and `adjoint/<probe>` w (both optional); outputs F(x), `linear/<out>` =
+        A_x z, `bias/<out>` = c_x and `adjoint/<x>` = A_x^T w (prefixes: `scope_prefixes()`,
+        the probe names: `probe`, `adjoint_probes`). See readings.py."""
+        from .readings import scope_graph
+
+        return scope_graph(self)
+
+    def readings(self, output: str | None = None) -> dict:
+        """Every reading graph the model can have (readings.py), by reading name."""
+        from .readings import READINGS, reading_graphs, unavailable
+
+        missing = unavailable(self)
+        only = [r for r in READINGS if r not in missing]
+        return reading_graphs(self, output, only)
 
 
 def check_session(model: onnx.ModelProto, role: str, weights: Weights | None = None):
