@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output folder: created, or replaced atomically if it holds an earlier rewrite",
     )
+    sp.add_argument(
+        "--output-name",
+        help="the model output the reading graphs (votes, rows, columns) read (default: the first)",
+    )
 
     def inputs(sp):
         sp.add_argument(
@@ -330,7 +334,7 @@ def cmd_rewrite(args) -> int:
     sources = [("input model", args.model)]
     REWRITE.check(args.output, sources=sources)  # before the work, not only after
     artifacts = scope.artifacts(dict(args.input_shape))
-    files = artifacts.files()
+    files = artifacts.files(args.output_name)
     out = REWRITE.publish(args.output, files, sources=sources)
     units = artifacts.manifest["units"]
     print(f"Wrote {', '.join(files)} to {out} ({len(units)} frozen unit(s) and gate(s)).")

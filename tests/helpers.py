@@ -373,10 +373,9 @@ def check_readings(checked: Checked, output: str | None = None, rtol: float = 1e
         g = graphs[reading]
         served = ServedModel(reading, g.model, g.inputs, g.outputs, weights=arts.weights)
         got = served.infer({**checked.inputs, **{g.names.get(k, k): v for k, v in feeds.items()}})
-        got.update({usual: got[name] for usual, name in g.names.items() if name in got})
         models = {n: got[n] for n in it.output_names}
         assert_outputs_equal(models, it.outputs, rtol, f"{reading}.onnx F(x) vs the mask graph: ")
-        return got
+        return {**got, **{usual: got[name] for usual, name in g.names.items() if name in got}}
 
     def same(got, expected, what: str) -> None:
         assert_outputs_equal({what: got}, {what: expected}, rtol, f"{what} vs the Python API: ")

@@ -50,7 +50,6 @@ class Artifacts:
     # of the model's tensors with a linear part: fed x instead of 0, the bias graph is the
     # affine map A_x z + c_x (verify's noise floor of the reconstruction)
     bias_values: dict[str, str] = field(default_factory=dict, repr=False)
-    reading_output: str | None = None  # the output the reading graphs read (None: the first)
 
     def bias_layers(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """The bias-by-layer graph (built on request: see `bias_layers`)."""
@@ -60,16 +59,16 @@ class Artifacts:
 
         return bias_layers(self.walk, self.selector)
 
-    def graphs(self) -> dict[str, onnx.ModelProto]:
+    def graphs(self, output: str | None = None) -> dict[str, onnx.ModelProto]:
         """Every graph `files()` writes, by file name: the four graphs, then the reading graphs
-        (scope.onnx, votes.onnx, rows.onnx, columns.onnx: readings.py)."""
-        return self._graphs_and_readings()[0]
+        (scope.onnx, votes.onnx, rows.onnx, columns.onnx: readings.py) reading `output`."""
+        return self._graphs_and_readings(output)[0]
 
-    def _graphs_and_readings(self):
+    def _graphs_and_readings(self, output: str | None):
         graphs = {"mask.onnx": self.mask, "linear.onnx": self.linear, "bias.onnx": self.bias}
         if self.adjoint is not None:
             graphs["adjoint.onnx"] = self.adjoint
-        readings = self.readings(self.reading_output)
+        readings = self.readings(output)
         graphs.update({f"{name}.onnx": r.model for name, r in readings.items()})
         return graphs, readings
 
@@ -79,14 +78,14 @@ class Artifacts:
         for name, model in (graphs or self.graphs()).items():
             validate_graph(model, f"{name.removesuffix('.onnx')} graph ({name})", self.weights)
 
-    def files(self) -> dict[str, bytes | Callable[[str], None]]:
+    def files(self, output: str | None = None) -> dict[str, bytes | Callable[[str], None]]:
         """The serialized graphs, weights.bin (when a graph has large weights: every graph
         refers to its one copy, as external data) and the manifest, each graph validated first:
         nothing is returned (so nothing written) unless every one loads in ONNX Runtime.
         weights.bin is a function that streams the file to a path (outputs.publish_folder)."""
         from .readings import unavailable
 
-        graphs, readings = self._graphs_and_readings()
+        graphs, readings = self._graphs_and_readings(output)
         self.validate(graphs)
         write, size = None, 0
         if self.weights is not None:

@@ -20,9 +20,10 @@ Indices may be negative (from the end, as in the Python API); one out of range i
 the run (ScatterElements and Gather check their indices), never a silent zero.
 
 The adjoint graph needs opset 16 (ScatterElements with reduction="add"). A model below it gets
-its adjoint readings when every op it (and its linear and bias twins) uses has the same
-definition at opset 16 as at its own (`onnx.defs`): declaring 16 then changes nothing. Otherwise
-votes and rows are unavailable, and `unavailable` says which op changed.
+its adjoint readings declared at 16 when no op it (or its linear and bias twins) uses means
+otherwise there (`_changed_op`: same definition, or a change ONNX's version converter leaves
+the node alone for). Otherwise votes and rows are unavailable, and `unavailable` says which op
+changed; scope keeps A_x z and c_x.
 """
 
 from __future__ import annotations
@@ -460,22 +461,43 @@ def _model_opset(model: onnx.ModelProto) -> int:
 
 
 def _changed_op(artifacts: Artifacts, model_opset: int, opset: int) -> str | None:
-    """The first default-domain op of the mask, linear and bias graphs (subgraphs included)
-    whose definition at `opset` is not the one at `model_opset`, or None."""
-    seen = set()
+    """The first op of the mask, linear and bias graphs that would compute otherwise declared
+    at `opset` than at `model_opset`, or None. An op whose definition is the same at both is
+    unchanged; of the others, ONNX's version converter knows which changed only in ways that
+    leave the node's meaning as it was (more types, a new optional input): there it leaves the
+    node as it is, and where it rewrites the node (Softmax 12 -> 13) or cannot convert, the
+    op changed."""
+    import onnx.version_converter
+
     for model in (artifacts.mask, artifacts.linear, artifacts.bias):
-        for node in _nodes(model.graph):
-            if node.domain not in ("", "ai.onnx") or node.op_type in seen:
-                continue
-            seen.add(node.op_type)
-            try:
-                old = onnx.defs.get_schema(node.op_type, model_opset).since_version
-                new = onnx.defs.get_schema(node.op_type, opset).since_version
-            except onnx.defs.SchemaError:
+        moved = [n for n in _nodes(model.graph) if _definition_moved(n, model_opset, opset)]
+        if not moved:
+            continue
+        try:
+            converted = onnx.version_converter.convert_version(model, opset)
+        except Exception:
+            return moved[0].op_type
+        for node, new in zip(model.graph.node, converted.graph.node):
+            if _node_key(node) != _node_key(new):
                 return node.op_type
-            if old != new:
-                return node.op_type
+        if len(model.graph.node) != len(converted.graph.node):
+            return moved[0].op_type
     return None
+
+
+def _definition_moved(node: onnx.NodeProto, model_opset: int, opset: int) -> bool:
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    try:
+        old = onnx.defs.get_schema(node.op_type, model_opset).since_version
+        return old != onnx.defs.get_schema(node.op_type, opset).since_version
+    except onnx.defs.SchemaError:
+        return True
+
+
+def _node_key(node: onnx.NodeProto) -> tuple:
+    attrs = sorted(a.SerializeToString(deterministic=True) for a in node.attribute)
+    return node.op_type, node.domain, list(node.input), list(node.output), attrs
 
 
 def _nodes(graph: onnx.GraphProto):
