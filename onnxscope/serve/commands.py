@@ -1,5 +1,158 @@
-"""`onnxscope serve`: its subparser and command (being written)."""
+"""`onnxscope serve MODEL [MODEL ...]`: the models and their reading graphs over the Open
+Inference Protocol, REST and gRPC, in one process (server.py). Everything is rewritten and its
+sessions made before the server listens; the server writes no files."""
+
+from __future__ import annotations
+
+import sys
+
+READINGS_HELP = "comma-separated readings to serve (default: votes,rows,columns,scope; '' none)"
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 (any free one) to 65535: {text}")
+    return port
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got '{text}'")
+    return value
 
 
 def add_parser(sub) -> None:
-    pass
+    from ..cli import _shape_arg
+
+    sp = sub.add_parser(
+        "serve",
+        help="serve models and their readings over the Open Inference Protocol (REST, gRPC)",
+        description="Serve each MODEL (as NAME, its file name) and its reading graphs (NAME.votes, "
+        "NAME.rows, NAME.columns, NAME.scope) over the Open Inference Protocol: REST on --port "
+        "and gRPC on --grpc-port, until Ctrl-C. Needs the serve extra.",
+    )
+    arg = sp.add_argument
+    arg("model", nargs="+", help="the .onnx model(s) (never modified)")
+    arg("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    arg("--port", type=_port, default=8000, help="REST port (8000; 0: any free one)")
+    arg("--grpc-port", type=_port, default=8001, help="gRPC port (8001; 0: any free one)")
+    arg("--no-grpc", action="store_true", help="serve REST only")
+    arg("--device", default="cpu", choices=["cpu", "cuda"], help="where the sessions run")
+    arg("--max-batch", type=_positive, default=64, help="largest K (probes, classes) (64)")
+    arg(
+        "--max-request-bytes",
+        type=_positive,
+        default=None,
+        help="largest request body (64 MiB); larger: HTTP 413, gRPC RESOURCE_EXHAUSTED",
+    )
+    arg(
+        "--api-key-file",
+        help="file holding the API key: requests need 'Authorization: Bearer KEY' (health checks "
+        "stay open)",
+    )
+    arg(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x3x224x224",
+        help="the shape of an input, fixed for the server's life (of every model that has it)",
+    )
+    arg("--readings", help=READINGS_HELP)
+    arg("--output", help="the model output the votes and rows read (default: the first)")
+    arg("--wrt", help="the input to interpret (default: the first float input)")
+    arg("--threads", type=_positive, help="ONNX Runtime intra-op threads per session")
+    sp.set_defaults(func=run)
+
+
+def _readings(text: str | None) -> list[str]:
+    from ..errors import InputError
+    from ..rewrite.readings import READINGS
+
+    readings = list(READINGS) if text is None else [r.strip() for r in text.split(",")]
+    readings = [r for r in readings if r]
+    unknown = [r for r in readings if r not in READINGS]
+    if unknown:
+        raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(READINGS)}.")
+    return readings
+
+
+def _api_key(path: str | None) -> bytes | None:
+    from ..errors import InputError
+
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise InputError(f"Cannot read the API key file '{path}': {exc.strerror}.") from None
+    if not key or not all(33 <= b < 127 for b in key):
+        raise InputError(
+            f"The API key file '{path}' must hold one key of printable ASCII, without spaces."
+        )
+    return key
+
+
+def run(args) -> int:
+    from ..cli import EXIT_OK
+    from ..errors import InputError
+
+    try:
+        from .models import load_all
+        from .server import MAX_REQUEST_BYTES, Server, Service
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise InputError(
+            f"`onnxscope serve` needs the serve extra ({exc.name} is missing): "
+            "pip install 'onnxscope[serve]'."
+        ) from None
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    api_key = _api_key(args.api_key_file)
+    models = load_all(
+        args.model,
+        input_shapes=dict(args.input_shape),
+        readings=_readings(args.readings),
+        output=args.output,
+        wrt=args.wrt,
+        providers=args.device,
+        max_batch=args.max_batch,
+        threads=args.threads,
+    )
+    devices = {m.device for m in models}  # (every session made before the server listens)
+    if args.device == "cuda" and devices != {"cuda"}:
+        raise InputError("--device cuda: ONNX Runtime's CUDA provider is not available here.")
+    service = Service(
+        models, api_key=api_key, max_request_bytes=args.max_request_bytes or MAX_REQUEST_BYTES
+    )
+    server = Server(
+        service,
+        host=args.host,
+        port=args.port,
+        grpc_port=None if args.no_grpc else args.grpc_port,
+    )
+
+    def ready(server: Server) -> None:
+        lines = [f"onnxscope serve: {len(models)} models on {args.device}, ready"]
+        lines.append(f"  REST  {server.http_url}/v2  (metrics: {server.http_url}/metrics)")
+        if server.grpc_address:
+            lines.append(f"  gRPC  {server.grpc_address}")
+        lines += [f"  model {m.name}" for m in models]
+        print("\n".join(lines), flush=True)
+
+    server.run(ready)
+    print("onnxscope serve: stopped", file=sys.stderr)
+    return EXIT_OK

@@ -9,13 +9,12 @@ import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from ..errors import InputError, OnnxscopeError
-from ..graph.model import AnalyzedModel
+from ..graph.model import AnalyzedModel, load_light
 from ..rewrite.readings import READINGS, TensorSpec, reading_graphs
 from ..runtime.sessions import make_session, resolve_providers, session_options
 
@@ -158,8 +157,10 @@ class ServedModel:
             if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
                 raise RequestError(f"Input {name!r} contains NaN or infinite values.")
             size = self.index_sizes.get(name)
-            if size is not None and array.size and not (
-                -size <= int(array.min()) and int(array.max()) < size
+            if (
+                size is not None
+                and array.size
+                and not (-size <= int(array.min()) and int(array.max()) < size)
             ):
                 raise RequestError(
                     f"Input {name!r} holds an index out of range: valid flat indices are "
@@ -239,9 +240,7 @@ def load(
         for n in analyzed.outputs
     ]
     common = {"providers": providers, "max_batch": max_batch, "threads": threads}
-    served = [
-        ServedModel(name, scope.model, inputs, outputs, weights=scope._weights, **common)
-    ]
+    served = [ServedModel(name, scope.model, inputs, outputs, weights=scope._weights, **common)]
     if readings:
         artifacts = scope.artifacts(analyzed.input_shapes)
         graphs = reading_graphs(artifacts, output=output, only=readings)
@@ -259,4 +258,40 @@ def load(
                     **common,
                 )
             )
+    return served
+
+
+def load_all(
+    paths: Sequence[str],
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    output: str | None = None,
+    wrt: str | None = None,
+    **options,
+) -> list[ServedModel]:
+    """`load` of each MODEL file (named after the file), giving each of `input_shapes`, `output`
+    and `wrt` to the models that have that tensor (one no model has is an InputError)."""
+    names = [os.path.splitext(os.path.basename(os.fspath(p)))[0] for p in paths]
+    if len(set(names)) < len(names):
+        raise InputError("Two MODEL files have the same name; rename one of them.")
+    shapes = dict(input_shapes or {})
+    tensors = {}
+    for path in paths:
+        graph = load_light(path)[0].graph  # (its errors name the file)
+        tensors[path] = ({i.name for i in graph.input}, {o.name for o in graph.output})
+    wanted = [(n, 0, "input") for n in shapes] + [(wrt, 0, "input"), (output, 1, "output")]
+    for tensor, kind, what in wanted:
+        if tensor is not None and not any(tensor in t[kind] for t in tensors.values()):
+            raise InputError(f"No MODEL has an {what} named '{tensor}'.")
+    served = []
+    for path, name in zip(paths, names):
+        ins, outs = tensors[path]
+        served += load(
+            path,
+            name,
+            input_shapes={n: s for n, s in shapes.items() if n in ins},
+            output=output if output in outs else None,
+            wrt=wrt if wrt in ins else None,
+            **options,
+        )
     return served
