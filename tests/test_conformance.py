@@ -52,6 +52,7 @@ from conformance_util import (
     node_tests,
     runner_dummy_input,
 )
+from helpers import check_readings
 from onnx import numpy_helper
 
 import onnxscope
@@ -191,6 +192,7 @@ def check_interpretation(make_scope, feeds, expected, model, variant, test_id) -
         why = f"{match[1]}: {match[2]}" if match else error
         pytest.skip(f"onnxscope refuses the adjoint (forward checks passed): {why}")
     assert errors["adjoint"] <= tol, f"adjoint error {errors['adjoint']:.3g} > {tol} ({errors})"
+    check_readings(it)
 
 
 PB_DEVIATIONS: dict[str, set[str]] = defaultdict(set)  # where ORT misses the .pb itself
@@ -296,6 +298,7 @@ def check_light(m: LightModel, variant: str, bugs: dict[str, str]):
         # against the noise floors: light_inception_v2's dummy weights give every class the
         # same logit, so A_x = 0 up to rounding and <z, A^T w> is noise against noise
         assert errors.ok, errors.as_dict()
+        check_readings(it)
 
 
 @pytest.mark.parametrize("m", params(LIGHT, LIGHT_BUGS))

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras_zoo as kz  # noqa: E402
 import onnx  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from helpers import check_readings  # noqa: E402
 from onnxscope.converters import tensorflow as tfc  # noqa: E402
 
 import onnxscope  # noqa: E402
@@ -65,6 +66,12 @@ def case(tmp_path_factory):
 def rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reading_graphs_equal_the_python_api(case, name):
+    """The reading graphs, one ONNX Runtime run each, equal the Python API to 1e-6 (issue 13)."""
+    check_readings(case(name).it)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -43,7 +43,7 @@ def conv_net(opset: int = 17):
 
 def test_the_readings_of_another_output():
     checked = check_model(conv_net(), {"x": normal(1, 2, 6, 6)})  # (reads y)
-    check_readings(checked, output="y2")
+    check_readings(checked.it, output="y2")
     graphs = reading_graphs(checked.artifacts, output="y2")
     assert {g.output for g in graphs.values()} == {"y2"}
     with pytest.raises(OnnxscopeError, match="Unknown output 'z'"):

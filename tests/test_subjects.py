@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import check_readings
 
 import onnxscope
 
@@ -49,8 +50,10 @@ def picture(h: int, w: int) -> np.ndarray:
 
 
 def assert_exact(it) -> None:
+    """verify()'s checks, and every reading graph against the Python API (check_readings)."""
     errors = it.verify()
     assert max(errors.values()) <= 1e-5, errors
+    check_readings(it)
 
 
 def plain_run(path, feeds):

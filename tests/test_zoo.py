@@ -28,6 +28,8 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from helpers import check_readings  # noqa: E402
+
 import onnxscope  # noqa: E402
 
 sys.path.insert(
@@ -114,6 +116,13 @@ def model_case(tmp_path_factory):
 
 
 # -- every architecture × exporter -------------------------------------------------------------
+@pytest.mark.parametrize(("name", "exporter"), cases("reading_graphs"))
+def test_reading_graphs_equal_the_python_api(model_case, name, exporter):
+    """votes.onnx, rows.onnx, columns.onnx and scope.onnx, one ONNX Runtime run each, equal the
+    Python API to 1e-6 (issue 13; tests/helpers.py: check_readings)."""
+    check_readings(model_case(name, exporter).it)
+
+
 @pytest.mark.parametrize(("name", "exporter"), cases("verify"))
 def test_verify(model_case, name, exporter):
     errors = model_case(name, exporter).it.verify()

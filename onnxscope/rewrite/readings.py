@@ -187,8 +187,11 @@ class _Composer:
         # one initializer per weight: a twin's stub of data the graph already has is renamed to
         # the one there (ONNX Runtime would otherwise make a session copy for each name)
         self._stubs = {_stub_key(t): t.name for t in self.graph.initializer if _stub_key(t)}
-        self.inputs: list[TensorSpec] = [_spec(vi) for vi in _real_inputs(mask.graph)]
-        self.outputs: list[TensorSpec] = [_spec(self.model_outputs[n]) for n in m["outputs"]]
+        # the graphs hold for the rewrite's input shapes only: the inputs say so
+        for vi in _real_inputs(self.graph):
+            _fix_shape(vi, m["input_shapes"][vi.name])
+        self.inputs: list[TensorSpec] = [_spec(vi) for vi in _real_inputs(self.graph)]
+        self.outputs = [TensorSpec(n, *self.shape_of(n)) for n in m["outputs"]]
         self.index_sizes: dict[str, int] = {}
         self._twin_outputs: dict[str, onnx.ValueInfoProto] = {}
         # the heads' public names, taken first: the usual ones unless the model has them
@@ -314,15 +317,15 @@ class _Composer:
     @property
     def x(self) -> tuple[str, np.dtype, list[int]]:
         wrt = self.arts.manifest["wrt"]
-        (vi,) = [i for i in self.arts.mask.graph.input if i.name == wrt]
-        spec = _spec(vi)
+        (spec,) = [s for s in self.inputs if s.name == wrt]
         return wrt, spec.dtype, list(spec.shape)
 
-    def shape_of(self, output: str) -> tuple[np.dtype, list[int]]:
+    def shape_of(self, output: str) -> tuple[np.dtype, tuple]:
+        """A model output's dtype and shape (the analysis's: its value info may be open)."""
         spec = _spec(self.model_outputs[output])
-        if self.arts.walk is not None:  # the analysis's shape (the value info may be open)
-            return spec.dtype, list(self.arts.walk.model.shape(output))
-        return spec.dtype, list(spec.shape)
+        if self.arts.walk is not None:
+            return spec.dtype, tuple(self.arts.walk.model.shape(output))
+        return spec.dtype, spec.shape
 
     def adjoint_of(self, indices: str, output: str) -> str:
         """A_x^T e_i, [K, *x], for the flat indices `indices` into `output`; every other output's
@@ -442,6 +445,13 @@ def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
 
     dtype, dims = value_type(vi)
     return TensorSpec(vi.name, dtype, tuple(d if d != "" else K for d in dims))
+
+
+def _fix_shape(vi: onnx.ValueInfoProto, shape) -> None:
+    dims = vi.type.tensor_type.shape
+    del dims.dim[:]
+    for d in shape:
+        dims.dim.add().dim_value = int(d)
 
 
 def _value_info(name: str, dtype, shape) -> onnx.ValueInfoProto:
