@@ -90,12 +90,18 @@ class ServedModel:
         self.providers = resolve_providers(providers)
         self.threads = threads
 
+    def _options(self):
+        options = session_options(True, threads=self.threads)
+        # a server runs many sessions in turn: intra-op threads left spinning after one run take
+        # the cores the next session needs (ResNet-18 on 2 cores: plain 14 -> 26 ms)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
     @functools.cached_property
     def session(self):
-        options = functools.partial(session_options, True, threads=self.threads)
         if self.weights is None:
-            return make_session(self.model.SerializeToString(), options(), self.providers)
-        return self.weights.session(self.model, options, self.providers)
+            return make_session(self.model.SerializeToString(), self._options(), self.providers)
+        return self.weights.session(self.model, self._options, self.providers)
 
     @property
     def device(self) -> str:
