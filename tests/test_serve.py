@@ -3,8 +3,9 @@ real clients (tritonclient's HTTP and gRPC, binary and JSON tensors). Every read
 Python API; every bad request gets its status and a readable error, and the server keeps
 serving; 8 clients in parallel each get the answer for their own input; the API key; metrics.
 
-The server runs in this process on 127.0.0.1 and free ports (the subprocess server, its memory
-and the files it does not write: test_serve_load.py)."""
+The server runs in this process on 127.0.0.1 and free ports, on $ONNXSCOPE_DEVICE (default the
+CPU; `cuda` runs the same tests on the GPU). The subprocess server, its memory and the files it
+does not write: test_serve_load.py."""
 
 from __future__ import annotations
 
@@ -106,7 +107,11 @@ NETS = {"relu": relu_net(), "se": se_net(), "multi": multi_net()}
 
 @pytest.fixture(scope="module")
 def server():
-    served = [m for name, model in NETS.items() for m in load(model, name, max_batch=MAX_BATCH)]
+    served = [
+        m
+        for name, model in NETS.items()
+        for m in load(model, name, max_batch=MAX_BATCH, providers=None)
+    ]
     with Server(Service(served, max_request_bytes=LIMIT), port=0, grpc_port=0) as running:
         yield running
 
@@ -477,7 +482,7 @@ def test_parallel_clients_each_get_their_own_answer(server):
 
 def test_api_key():
     key = "k3y-" + "x" * 28
-    served = load(NETS["relu"], "relu", readings=())
+    served = load(NETS["relu"], "relu", readings=(), providers=None)
     with Server(Service(served, api_key=key.encode()), port=0, grpc_port=0) as keyed:
         x = normal(1, 2, 6, 6)
         for protocol in ("http-binary", "grpc"):

@@ -1,7 +1,7 @@
 """Issue 13: a bounded load test of `onnxscope serve` as a command (a subprocess, loopback only):
 2,000 requests (plain, votes, rows; REST binary and gRPC) within a time cap, zero errors, no
 memory growth of the server process after its warm-up (RSS from /proc), and no file written
-where it runs or beside its model."""
+where it runs or beside its model. On $ONNXSCOPE_DEVICE (default the CPU)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def served(tmp_path_factory):
     models, cwd = tmp_path_factory.mktemp("models"), tmp_path_factory.mktemp("cwd")
     (models / "net.onnx").write_bytes(net().SerializeToString())
     options = "--port 0 --grpc-port 0 --input-shape x=1x3x8x8 --readings votes,rows".split()
+    options += ["--device", os.environ.get("ONNXSCOPE_DEVICE") or "cpu"]
     command = [sys.executable, "-m", "onnxscope", "serve", str(models / "net.onnx"), *options]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen(
