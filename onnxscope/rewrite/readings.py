@@ -243,10 +243,15 @@ class _Composer:
         self._twin_outputs.update({o.name: o for o in twin.graph.output if o.name in results})
         return prefix
 
-    def expose(self, tensor: str) -> None:
-        """Make a twin's result a graph output under its own (prefixed) name."""
-        self.graph.output.append(self._twin_outputs[tensor])
-        self.outputs.append(_spec(self._twin_outputs[tensor]))
+    def expose(self, tensor: str, free: str = K) -> None:
+        """Make a twin's result a graph output under its own (prefixed) name, its free first
+        dim named `free`."""
+        vi = self._twin_outputs[tensor]
+        first = vi.type.tensor_type.shape.dim[0]
+        if not first.HasField("dim_value"):  # (c_x's first dim is 1)
+            first.dim_param = free
+        self.graph.output.append(vi)
+        self.outputs.append(_spec(vi))
 
     def output(self, tensor: str, public: str, dtype, shape) -> str:
         """`tensor` as a new graph output under the `public` name (see PUBLIC)."""
@@ -384,7 +389,7 @@ def _scope(c: _Composer, output: str | None) -> ReadingGraph:
     if c.with_adjoint:
         adjoint = c.twin("adjoint")
         optional += [adjoint + p for p in arts.adjoint_probes.values()]
-        c.expose(adjoint + arts.manifest["wrt"])
+        c.expose(adjoint + arts.manifest["wrt"], "K_adjoint")
     for i, name in enumerate(optional):
         c.probe_default(name, K if i == 0 else "K_adjoint")
     c.inputs = _ordered(c.inputs, c.graph.input)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import sys
 
-READINGS_HELP = "comma-separated readings to serve (default: votes,rows,columns,scope; '' none)"
-
 
 def _port(text: str) -> int:
     import argparse
@@ -34,7 +32,7 @@ def _positive(text: str) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..cli import _shape_arg
+    from .models import add_model_arguments
 
     sp = sub.add_parser(
         "serve",
@@ -44,7 +42,6 @@ def add_parser(sub) -> None:
         "and gRPC on --grpc-port, until Ctrl-C. Needs the serve extra.",
     )
     arg = sp.add_argument
-    arg("model", nargs="+", help="the .onnx model(s) (never modified)")
     arg("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     arg("--port", type=_port, default=8000, help="REST port (8000; 0: any free one)")
     arg("--grpc-port", type=_port, default=8001, help="gRPC port (8001; 0: any free one)")
@@ -62,31 +59,9 @@ def add_parser(sub) -> None:
         help="file holding the API key: requests need 'Authorization: Bearer KEY' (health checks "
         "stay open)",
     )
-    arg(
-        "--input-shape",
-        action="append",
-        type=_shape_arg,
-        default=[],
-        metavar="NAME=1x3x224x224",
-        help="the shape of an input, fixed for the server's life (of every model that has it)",
-    )
-    arg("--readings", help=READINGS_HELP)
-    arg("--output", help="the model output the votes and rows read (default: the first)")
-    arg("--wrt", help="the input to interpret (default: the first float input)")
     arg("--threads", type=_positive, help="ONNX Runtime intra-op threads per session")
+    add_model_arguments(sp)
     sp.set_defaults(func=run)
-
-
-def _readings(text: str | None) -> list[str]:
-    from ..errors import InputError
-    from ..rewrite.readings import READINGS
-
-    readings = list(READINGS) if text is None else [r.strip() for r in text.split(",")]
-    readings = [r for r in readings if r]
-    unknown = [r for r in readings if r not in READINGS]
-    if unknown:
-        raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(READINGS)}.")
-    return readings
 
 
 def _api_key(path: str | None) -> bytes | None:
@@ -111,7 +86,7 @@ def run(args) -> int:
     from ..errors import InputError
 
     try:
-        from .models import load_all
+        from .models import load_all, parse_readings
         from .server import MAX_REQUEST_BYTES, Server, Service
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise InputError(
@@ -121,12 +96,14 @@ def run(args) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.model:
+        raise InputError("serve needs at least one MODEL.")
     api_key = _api_key(args.api_key_file)
     models = load_all(
         args.model,
         input_shapes=dict(args.input_shape),
-        readings=_readings(args.readings),
-        output=args.output,
+        readings=parse_readings(args.readings),
+        output=args.output_name,
         wrt=args.wrt,
         providers=args.device,
         max_batch=args.max_batch,

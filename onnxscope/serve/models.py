@@ -277,7 +277,7 @@ def load_all(
 ) -> list[ServedModel]:
     """`load` of each MODEL file (named after the file), giving each of `input_shapes`, `output`
     and `wrt` to the models that have that tensor (one no model has is an InputError)."""
-    names = [os.path.splitext(os.path.basename(os.fspath(p)))[0] for p in paths]
+    names = [model_name(p) for p in paths]
     if len(set(names)) < len(names):
         raise InputError("Two MODEL files have the same name; rename one of them.")
     shapes = dict(input_shapes or {})
@@ -301,3 +301,49 @@ def load_all(
             **options,
         )
     return served
+
+
+# -- the options `serve` and `triton` share --------------------------------------------------------
+
+
+def add_model_arguments(sp) -> None:
+    """MODEL ..., --input-shape, --readings, --output and --wrt (see `load_all`)."""
+    from ..cli import _shape_arg
+
+    sp.add_argument("model", nargs="*", help="the .onnx model(s) (never modified)")
+    sp.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x3x224x224",
+        help="fix the shape of an input (of every model that has it)",
+    )
+    sp.add_argument(
+        "--readings",
+        help=f"comma-separated readings (default: {','.join(READINGS)}; '' for the plain "
+        "model only)",
+    )
+    sp.add_argument(
+        "--output",
+        "--output-name",
+        dest="output_name",
+        help="the model output the votes, rows and columns read (default: the first)",
+    )
+    sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
+
+
+def parse_readings(text: str | None) -> tuple[str, ...]:
+    """--readings: 'votes,rows' -> ("votes", "rows"); '' -> (); None -> every reading."""
+    if text is None:
+        return READINGS
+    readings = tuple(r.strip() for r in text.split(",") if r.strip())
+    unknown = [r for r in readings if r not in READINGS]
+    if unknown:
+        raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(READINGS)}.")
+    return readings
+
+
+def model_name(path) -> str:
+    """A served model's name: its file's name without the suffix."""
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]

@@ -452,7 +452,7 @@ def _value(t: _Tensor, k: int, size: int | None, rng) -> np.ndarray:
 
 
 def add_parser(sub) -> None:
-    from ..cli import _shape_arg
+    from .models import add_model_arguments
 
     sp = sub.add_parser(
         "triton",
@@ -461,7 +461,6 @@ def add_parser(sub) -> None:
         "repository (REPO/NAME[.reading]/config.pbtxt and 1/model.onnx), or check one without a "
         "server (--check REPO). Exit status: 0 ok; 1 the check found problems; 2 an error.",
     )
-    sp.add_argument("model", nargs="*", help="the .onnx model(s) (never modified)")
     sp.add_argument(
         "-o",
         "--repository",
@@ -474,36 +473,11 @@ def add_parser(sub) -> None:
         help="instead: check the repository REPO (configs against the ONNX files, runs)",
     )
     sp.add_argument(
-        "--readings",
-        help="comma-separated readings to add (default: votes,rows,columns,scope; '' for the "
-        "plain model only)",
-    )
-    sp.add_argument(
         "--device", default="cpu", choices=list(KINDS), help="instance kind (KIND_CPU/KIND_GPU)"
     )
     sp.add_argument("--instances", type=int, default=1, help="instances per model (1)")
-    sp.add_argument(
-        "--input-shape",
-        action="append",
-        type=_shape_arg,
-        default=[],
-        metavar="NAME=1x3x224x224",
-        help="fix the shape of an input (of every model that has it)",
-    )
-    sp.add_argument(
-        "--output",
-        "--output-name",
-        dest="output_name",
-        help="the model output the votes, rows and columns read (default: the first)",
-    )
-    sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
+    add_model_arguments(sp)
     sp.set_defaults(func=run)
-
-
-def _readings() -> tuple[str, ...]:
-    from ..rewrite.readings import READINGS
-
-    return READINGS
 
 
 def run(args) -> int:
@@ -524,19 +498,21 @@ def run(args) -> int:
     if not args.model or not args.repository:
         raise InputError("triton needs MODEL(s) and -o REPO (or --check REPO to check one).")
     _pb()
-    given = ",".join(_readings()) if args.readings is None else args.readings
-    readings = [r.strip() for r in given.split(",") if r.strip()]
-    unknown = [r for r in readings if r not in _readings()]
-    if unknown:
-        raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(_readings())}.")
     if args.instances < 1:
         raise InputError(f"--instances must be 1 or more, not {args.instances}.")
-    sources = {_model_name(m): m for m in args.model}
-    if len(sources) < len(args.model):
-        raise InputError("Two MODEL files have the same name; rename one of them.")
+    from .models import load_all, model_name, parse_readings
+
+    sources = {model_name(m): m for m in args.model}
     guarded = [("input model", m) for m in args.model]
     REPOSITORY.check(args.repository, sources=guarded)  # before the work, not only after
-    models = _load_all(args, sources, readings)
+    models = load_all(
+        args.model,
+        input_shapes=dict(args.input_shape),
+        readings=parse_readings(args.readings),
+        output=args.output_name,
+        wrt=args.wrt,
+        providers="cpu",
+    )
     out = write_repository(
         models, args.repository, device=args.device, instances=args.instances, sources=sources
     )
@@ -546,53 +522,3 @@ def run(args) -> int:
         "(docs/triton.md)."
     )
     return EXIT_OK
-
-
-def _model_name(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
-
-
-def _load_all(args, sources: dict[str, str], readings: list[str]) -> list:
-    """The ServedModels of every MODEL. --input-shape, --wrt and --output go to the models that
-    have that input or output (a name no model has is an error)."""
-    from .models import load
-
-    shapes = dict(args.input_shape)
-    tensors = {name: _tensor_names(path) for name, path in sources.items()}
-
-    def has(name: str, tensor: str | None, kind: int) -> bool:
-        return tensor is not None and (tensors[name] is None or tensor in tensors[name][kind])
-
-    wanted = [(n, 0, "input") for n in shapes] + [
-        (args.wrt, 0, "input"),
-        (args.output_name, 1, "output"),
-    ]
-    for tensor, kind, what in wanted:
-        if tensor is not None and not any(has(name, tensor, kind) for name in sources):
-            raise InputError(f"No MODEL has an {what} named '{tensor}'.")
-    models = []
-    for name, path in sources.items():
-        models += load(
-            path,
-            name,
-            input_shapes={n: s for n, s in shapes.items() if has(name, n, 0)},
-            readings=readings,
-            output=args.output_name if has(name, args.output_name, 1) else None,
-            wrt=args.wrt if has(name, args.wrt, 0) else None,
-            providers="cpu",
-        )
-    return models
-
-
-def _tensor_names(path: str) -> tuple[set[str], set[str]] | None:
-    """The model's (input, output) names, None when the file cannot be read here (then `load`
-    says why)."""
-    import onnx
-
-    from ..graph.model import graph_inputs
-
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception:  # a missing or broken file: load() raises the one-paragraph error
-        return None
-    return {vi.name for vi in graph_inputs(model)}, {vi.name for vi in model.graph.output}
