@@ -29,6 +29,18 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
+def add_input_shape_option(sp, help: str) -> None:
+    """--input-shape NAME=1x3x224x224, repeatable (args.input_shape: [(name, shape), ...])."""
+    sp.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x3x224x224",
+        help=help,
+    )
+
+
 def _arg(parse):
     """An argparse type from a parser of onnxscope.files.inputs: its InputError becomes the
     option's error."""
@@ -90,14 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="path to the .onnx model (never modified)",
         )
         sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
-        sp.add_argument(
-            "--input-shape",
-            action="append",
-            type=_shape_arg,
-            default=[],
-            metavar="NAME=1x3x224x224",
-            help="fix the shape of an input",
-        )
+        add_input_shape_option(sp, "fix the shape of an input")
         sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     sp = sub.add_parser("inspect", help="list the nonlinear units, gates and unsupported nodes")

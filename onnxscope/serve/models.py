@@ -308,17 +308,10 @@ def load_all(
 
 def add_model_arguments(sp) -> None:
     """MODEL ..., --input-shape, --readings, --output and --wrt (see `load_all`)."""
-    from ..cli import _shape_arg
+    from ..cli import add_input_shape_option
 
     sp.add_argument("model", nargs="*", help="the .onnx model(s) (never modified)")
-    sp.add_argument(
-        "--input-shape",
-        action="append",
-        type=_shape_arg,
-        default=[],
-        metavar="NAME=1x3x224x224",
-        help="fix the shape of an input (of every model that has it)",
-    )
+    add_input_shape_option(sp, "fix the shape of an input (of every model that has it)")
     sp.add_argument(
         "--readings",
         help=f"comma-separated readings (default: {','.join(READINGS)}; '' for the plain "
