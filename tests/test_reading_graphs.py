@@ -158,3 +158,30 @@ def test_rewrite_writes_the_readings_of_the_named_output(tmp_path):
     np.testing.assert_allclose(got["rows"], it.rows([4], "y2"), rtol=1e-6, atol=1e-6 * scale)
     assert main(["rewrite", str(path), "-o", str(tmp_path / "o2"), "--output-name", "z"]) == 2
     assert not (tmp_path / "o2").exists()
+
+
+def test_the_votes_bias_counts_every_kind_of_constant():
+    # conv and Gemm biases, a padding value, a sigmoid's intercept, an added constant, and an
+    # output with no linear part at all
+    nodes = [
+        'q = Pad <mode="constant"> (x, pads, half)',
+        "c = Conv (q, W, B)",
+        "r = Relu(c)",
+        "f = Flatten(r)",
+        "h = Gemm <transB=1> (f, G, gb)",
+        "s = Sigmoid(h)",
+        "y = Add(s, k)",
+        "n = Identity(k)",
+    ]
+    inits = {
+        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+        "half": np.array(0.5, np.float32),
+        "W": normal(3, 2, 3, 3),
+        "B": normal(3),
+        "G": normal(4, 48),
+        "gb": normal(4),
+        "k": normal(4),
+    }
+    model = make_model(nodes, {"x": (1, 2, 4, 4)}, outputs=["y", "n"], inits=inits)
+    checked = check_model(model, {"x": normal(1, 2, 4, 4)})  # (checks votes' bias, reading y)
+    check_readings(checked.it, output="n")  # the constant output: c = k, no votes
