@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-name",
         help="the model output the reading graphs (votes, rows, columns) read (default: the first)",
     )
+    sp.add_argument(
+        "--readings",
+        help="comma-separated reading graphs to write (default: every one the model can have; "
+        "'' for none)",
+    )
 
     def inputs(sp):
         sp.add_argument(
@@ -339,7 +344,12 @@ def cmd_rewrite(args) -> int:
     sources = [("input model", args.model)]
     REWRITE.check(args.output, sources=sources)  # before the work, not only after
     artifacts = scope.artifacts(dict(args.input_shape))
-    files = artifacts.files(args.output_name)
+    readings = None
+    if args.readings is not None:
+        from .rewrite.readings import parse_readings
+
+        readings = parse_readings(args.readings)
+    files = artifacts.files(args.output_name, readings)
     out = REWRITE.publish(args.output, files, sources=sources)
     units = artifacts.manifest["units"]
     print(f"Wrote {', '.join(files)} to {out} ({len(units)} frozen unit(s) and gate(s)).")

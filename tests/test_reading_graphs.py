@@ -185,3 +185,24 @@ def test_the_votes_bias_counts_every_kind_of_constant():
     model = make_model(nodes, {"x": (1, 2, 4, 4)}, outputs=["y", "n"], inits=inits)
     checked = check_model(model, {"x": normal(1, 2, 4, 4)})  # (checks votes' bias, reading y)
     check_readings(checked.it, output="n")  # the constant output: c = k, no votes
+
+
+def test_rewrite_writes_the_readings_asked_for(tmp_path):
+    from onnxscope.cli import main
+
+    path = tmp_path / "net.onnx"
+    path.write_bytes(conv_net().SerializeToString())
+    assert main(["rewrite", str(path), "-o", str(tmp_path / "a"), "--readings", "votes"]) == 0
+    assert sorted(json.loads((tmp_path / "a" / "manifest.json").read_text())["readings"]) == [
+        "votes"
+    ]
+    assert not (tmp_path / "a" / "scope.onnx").exists()
+    assert main(["rewrite", str(path), "-o", str(tmp_path / "b"), "--readings", ""]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir() if p.suffix == ".onnx") == [
+        "adjoint.onnx",
+        "bias.onnx",
+        "linear.onnx",
+        "mask.onnx",
+    ]
+    assert main(["rewrite", str(path), "-o", str(tmp_path / "c"), "--readings", "vote"]) == 2
+    assert not (tmp_path / "c").exists()

@@ -59,16 +59,16 @@ class Artifacts:
 
         return bias_layers(self.walk, self.selector)
 
-    def graphs(self, output: str | None = None) -> dict[str, onnx.ModelProto]:
+    def graphs(self, output: str | None = None, readings=None) -> dict[str, onnx.ModelProto]:
         """Every graph `files()` writes, by file name: the four graphs, then the reading graphs
         (scope.onnx, votes.onnx, rows.onnx, columns.onnx: readings.py) reading `output`."""
-        return self._graphs_and_readings(output)[0]
+        return self._graphs_and_readings(output, readings)[0]
 
-    def _graphs_and_readings(self, output: str | None):
+    def _graphs_and_readings(self, output: str | None, only=None):
         graphs = {"mask.onnx": self.mask, "linear.onnx": self.linear, "bias.onnx": self.bias}
         if self.adjoint is not None:
             graphs["adjoint.onnx"] = self.adjoint
-        readings = self.readings(output)
+        readings = self.readings(output, only)
         graphs.update({f"{name}.onnx": r.model for name, r in readings.items()})
         return graphs, readings
 
@@ -78,14 +78,17 @@ class Artifacts:
         for name, model in (graphs or self.graphs()).items():
             validate_graph(model, f"{name.removesuffix('.onnx')} graph ({name})", self.weights)
 
-    def files(self, output: str | None = None) -> dict[str, bytes | Callable[[str], None]]:
+    def files(
+        self, output: str | None = None, readings=None
+    ) -> dict[str, bytes | Callable[[str], None]]:
         """The serialized graphs, weights.bin (when a graph has large weights: every graph
         refers to its one copy, as external data) and the manifest, each graph validated first:
         nothing is returned (so nothing written) unless every one loads in ONNX Runtime.
-        weights.bin is a function that streams the file to a path (outputs.publish_folder)."""
+        weights.bin is a function that streams the file to a path (outputs.publish_folder).
+        `readings`: which reading graphs (None: every one the model can have)."""
         from .readings import unavailable
 
-        graphs, readings = self._graphs_and_readings(output)
+        graphs, readings = self._graphs_and_readings(output, readings)
         self.validate(graphs)
         write, size = None, 0
         if self.weights is not None:
@@ -122,12 +125,14 @@ class Artifacts:
 
         return scope_graph(self)
 
-    def readings(self, output: str | None = None) -> dict:
-        """Every reading graph the model can have (readings.py), by reading name."""
+    def readings(self, output: str | None = None, only=None) -> dict:
+        """The reading graphs `only` names (readings.py), by reading name; None: every one the
+        model can have (asking for one it cannot have is an error saying why)."""
         from .readings import READINGS, reading_graphs, unavailable
 
-        missing = unavailable(self)
-        only = [r for r in READINGS if r not in missing]
+        if only is None:
+            missing = unavailable(self)
+            only = [r for r in READINGS if r not in missing]
         return reading_graphs(self, output, only)
 
 

@@ -37,7 +37,7 @@ import onnx
 import onnx.compose
 from onnx import numpy_helper
 
-from ..errors import OnnxscopeError
+from ..errors import InputError, OnnxscopeError
 from ..graph.builder import GraphBuilder
 from ..graph.model import graph_names
 
@@ -89,6 +89,17 @@ class ReadingGraph:
             "outputs": [s.json() for s in self.outputs],
             **({"probe_default": self.probe_default} if self.name == "scope" else {}),
         }
+
+
+def parse_readings(text: str | None) -> tuple[str, ...]:
+    """--readings: 'votes,rows' -> ("votes", "rows"); '' -> (); None -> every reading."""
+    if text is None:
+        return READINGS
+    readings = tuple(r.strip() for r in text.split(",") if r.strip())
+    unknown = [r for r in readings if r not in READINGS]
+    if unknown:
+        raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(READINGS)}.")
+    return readings
 
 
 def unavailable(artifacts: Artifacts) -> dict[str, str]:

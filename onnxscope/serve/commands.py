@@ -86,7 +86,8 @@ def run(args) -> int:
     from ..errors import InputError
 
     try:
-        from .models import load_all, parse_readings
+        from ..rewrite.readings import parse_readings
+        from .models import load_all
         from .server import MAX_REQUEST_BYTES, Server, Service
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise InputError(

@@ -326,17 +326,6 @@ def add_model_arguments(sp) -> None:
     sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
 
 
-def parse_readings(text: str | None) -> tuple[str, ...]:
-    """--readings: 'votes,rows' -> ("votes", "rows"); '' -> (); None -> every reading."""
-    if text is None:
-        return READINGS
-    readings = tuple(r.strip() for r in text.split(",") if r.strip())
-    unknown = [r for r in readings if r not in READINGS]
-    if unknown:
-        raise InputError(f"Unknown reading '{unknown[0]}'; the readings are {list(READINGS)}.")
-    return readings
-
-
 def model_name(path) -> str:
     """A served model's name: its file's name without the suffix."""
     return os.path.splitext(os.path.basename(os.fspath(path)))[0]

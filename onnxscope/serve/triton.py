@@ -500,7 +500,8 @@ def run(args) -> int:
     _pb()
     if args.instances < 1:
         raise InputError(f"--instances must be 1 or more, not {args.instances}.")
-    from .models import load_all, model_name, parse_readings
+    from ..rewrite.readings import parse_readings
+    from .models import load_all, model_name
 
     sources = {model_name(m): m for m in args.model}
     guarded = [("input model", m) for m in args.model]
