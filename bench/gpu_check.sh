@@ -16,7 +16,8 @@
 # - CUDA must really start: a session that fell back to the CPU stops the check
 #   (GPU_CHECK_ALLOW_CPU=1 goes on anyway: a dry run of the script on a machine without a GPU).
 #
-# Outputs in OUT_DIR: facts.txt, tests.log, bench-cuda.txt, bench-cuda.json.
+# Outputs in OUT_DIR: facts.txt, tests.log, bench-cuda.txt, bench-cuda.json, and where the serve
+# extra is installed bench-serve-cuda.txt (onnxscope serve on CUDA, issue 13).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out/gpu_check}"
@@ -87,8 +88,13 @@ echo "== tests on CUDA (budget ${test_budget_s} s)"
 tests_rc=0
 deadline=$((SECONDS + test_budget_s))
 : > "$out/tests.log"
-for file in tests/test_loading.py tests/test_readings.py tests/test_ops.py \
-    tests/test_torch_models.py tests/test_conv_geometry.py; do
+# the serve tests need the serve extra (starlette, uvicorn, grpcio, tritonclient): run where present
+serve_tests=""
+if "$py" -c 'import starlette, uvicorn, grpc, tritonclient.http, prometheus_client' 2>/dev/null; then
+    serve_tests="tests/test_serve.py"
+fi
+for file in tests/test_loading.py tests/test_readings.py tests/test_reading_graphs.py $serve_tests \
+    tests/test_ops.py tests/test_torch_models.py tests/test_conv_geometry.py; do
     left=$((deadline - SECONDS))
     if ((left <= 0)); then
         echo "$file: not run (out of time)" | tee -a "$out/tests.log"
@@ -104,5 +110,11 @@ for file in tests/test_loading.py tests/test_readings.py tests/test_ops.py \
     ((rc == 0)) || tests_rc=$rc
 done
 echo "tests exit status: $tests_rc"
+
+if [[ -n "$serve_tests" ]]; then
+    echo "== onnxscope serve on CUDA (bench/bench_serve.py, short)"
+    timeout 240 "$py" bench/bench_serve.py --device cuda --repeat 10 --seconds 5 2>&1 \
+        | tee "$out/bench-serve-cuda.txt" || echo "the serve benchmark failed: see its file"
+fi
 
 exit "$tests_rc"
