@@ -406,9 +406,9 @@ def _scope(c: _Composer, output: str | None) -> ReadingGraph:
     c.inputs = _ordered(c.inputs, c.graph.input)
     reading = c.finish(output or names[0])
     if not _runs_without_probes(reading.model, arts):
-        # ONNX Runtime's load-time inference takes the default's shape (K = 0) for the input's,
-        # and some kernels refuse an empty batch (Resize fed sizes computed from K, Pad in wrap
-        # mode): then the probes are required inputs
+        # some ONNX Runtime kernels refuse an empty batch (Pad in wrap mode), and its load-time
+        # inference takes the default's shape (K = 0) for the input's: then the probes are
+        # required inputs
         graph = reading.model.graph
         kept = [t for t in graph.initializer if t.name not in optional]
         del graph.initializer[:]
