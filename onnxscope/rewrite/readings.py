@@ -40,6 +40,15 @@ from onnx import numpy_helper
 from ..errors import InputError, OnnxscopeError
 from ..graph.builder import GraphBuilder
 from ..graph.model import graph_names
+from .artifacts import (
+    ADJOINT_MIN_OPSET,
+    _stub_key,
+    check_session,
+    known_shape,
+    model_like,
+    value_info,
+    value_type,
+)
 
 if TYPE_CHECKING:
     from .artifacts import Artifacts
@@ -118,8 +127,6 @@ def adjoint_unavailable(artifacts: Artifacts) -> str | None:
     """Why graphs that join the adjoint to the mask graph cannot be made, or None."""
     if artifacts.adjoint is None:
         return f"the model has no adjoint graph ({artifacts.adjoint_error})"
-    from .artifacts import ADJOINT_MIN_OPSET
-
     return _opset_for(artifacts, ADJOINT_MIN_OPSET)[1]
 
 
@@ -179,8 +186,6 @@ class _Composer:
         kept = {*m["outputs"], *m.get("as_inferred", {}).values()}
         self.graph.output.extend(o for o in mask.graph.output if o.name in kept)
         self.model_outputs = {o.name: o for o in mask.graph.output if o.name in m["outputs"]}
-        from .artifacts import ADJOINT_MIN_OPSET
-
         self.with_adjoint = name != "columns" and adjoint_unavailable(artifacts) is None
         if self.with_adjoint:
             self.opset = _opset_for(artifacts, ADJOINT_MIN_OPSET)[0]
@@ -191,10 +196,7 @@ class _Composer:
         # masks whose shape ONNX's inference gets wrong (the mask graph leaves their dims open)
         # reach the twins through a Reshape to the runtime's shape: a no-op at run time that
         # ONNX Runtime's load-time inference takes at its word
-        from .artifacts import _stub_key, known_shape
-
         self._open_dims = {o.name for o in mask.graph.output if not known_shape(o)}
-        self._stub_key = _stub_key
         # one initializer per weight: a twin's stub of data the graph already has is renamed to
         # the one there (ONNX Runtime would otherwise make a session copy for each name)
         self._stubs = {_stub_key(t): t.name for t in self.graph.initializer if _stub_key(t)}
@@ -211,8 +213,6 @@ class _Composer:
     def twin(self, role: str, sources: dict[str, str] | None = None) -> str:
         """Append the `role` twin, its inputs fed by the mask graph's tensors or, by (prefixed)
         name, by `sources`; its other inputs (probes) become graph inputs. Returns the prefix."""
-        from .artifacts import value_type
-
         a = self.arts
         twin, imports = {
             "linear": (a.linear, a.linear_imports),
@@ -231,7 +231,7 @@ class _Composer:
                 feeds[vi.name] = vi.name
         kept = []
         for t in twin.graph.initializer:
-            key = self._stub_key(t)
+            key = _stub_key(t)
             if key in self._stubs:
                 feeds[t.name] = self._stubs[key]
             else:
@@ -316,8 +316,6 @@ class _Composer:
         self.inputs.append(TensorSpec(spec.name, spec.dtype, spec.shape, optional=True))
 
     def finish(self, output: str) -> ReadingGraph:
-        from .artifacts import model_like
-
         graph = self.graph
         graph.node.extend(self.b.nodes)
         graph.initializer.extend(self.b.initializers.values())
@@ -425,8 +423,6 @@ def _runs_without_probes(model: onnx.ModelProto, arts: Artifacts) -> bool:
     optimized session of a 10k-node model's scope graph took 40 s to make (5 s without)."""
     if arts.walk is None:
         return True
-    from .artifacts import check_session
-
     try:
         session = check_session(model, "scope graph (scope.onnx)", arts.weights)
         session.run(None, arts.walk.model.analysis_feeds())
@@ -455,8 +451,6 @@ def _real_inputs(graph: onnx.GraphProto):
 
 
 def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
-    from .artifacts import value_type
-
     dtype, dims = value_type(vi)
     return TensorSpec(vi.name, dtype, tuple(d if d != "" else K for d in dims))
 
@@ -469,8 +463,6 @@ def _fix_shape(vi: onnx.ValueInfoProto, shape) -> None:
 
 
 def _value_info(name: str, dtype, shape) -> onnx.ValueInfoProto:
-    from .artifacts import value_info
-
     return value_info(name, dtype, list(shape))
 
 
