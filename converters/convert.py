@@ -54,9 +54,12 @@ def convert(
     opset: int | None = None,
     nchw: bool = False,
     input_shape=None,
+    free_batch: bool = False,
 ) -> Converted:
     """Convert `source` to the ONNX file `output` (written atomically). `input_shape`: one shape,
-    or {input name: shape}, in the source's own layout, for sizes the model leaves open."""
+    or {input name: shape}, in the source's own layout, for sizes the model leaves open.
+    `free_batch`: leave the batch axis free (Keras and SavedModel sources whose batch is None,
+    TorchScript), so that the model takes batches of inputs."""
     source, output = os.fspath(source), os.fspath(output)
     if not os.path.exists(source):
         raise ConversionError(f"'{source}' does not exist.")
@@ -67,14 +70,17 @@ def convert(
     if kind == "torchscript":
         if nchw:
             raise ConversionError("--nchw is for TensorFlow sources; TorchScript is NCHW already.")
-        return _from_torchscript(source, output, opset, input_shape)
+        return _from_torchscript(source, output, opset, input_shape, free_batch)
     from . import tensorflow as tfc
 
     kw = {"nchw": nchw, "opset": opset or tfc.DEFAULT_OPSET}
     if kind == "tflite":
-        if input_shape is not None:
-            raise ConversionError("A TFLite model's input shapes are fixed; drop --input-shape.")
+        if input_shape is not None or free_batch:
+            raise ConversionError(
+                "A TFLite model's input shapes are fixed; drop --input-shape and --free-batch."
+            )
         return tfc.from_tflite(source, output, **kw)
+    kw["free_batch"] = free_batch
     if kind == "savedmodel":
         return tfc.from_saved_model(source, output, input_shape=input_shape, **kw)
     return tfc.from_keras_file(source, output, input_shape=input_shape, **kw)
@@ -94,7 +100,7 @@ def _check_output(source: str, output: str) -> None:
         raise ConversionError(f"The folder of '{output}' does not exist.")
 
 
-def _from_torchscript(source, output, opset, input_shape) -> Converted:
+def _from_torchscript(source, output, opset, input_shape, free_batch=False) -> Converted:
     """A TorchScript module (torch.jit.save) through torch's legacy exporter at a given shape."""
     if input_shape is None or isinstance(input_shape, dict) and len(input_shape) != 1:
         raise ConversionError(
@@ -118,6 +124,7 @@ def _from_torchscript(source, output, opset, input_shape) -> Converted:
                 torch.zeros(tuple(shape)),
                 os.path.join(tmp, "m.onnx"),
                 opset or DEFAULT_OPSET,
+                free_batch=free_batch,
             )
         except Exception as exc:  # noqa: BLE001 - torch's many error types, one message
             raise ConversionError(
@@ -145,6 +152,11 @@ def add_parser(sub) -> None:
         help="TensorFlow sources: make rank-4 inputs and outputs NCHW (default: NHWC, as in TF)",
     )
     sp.add_argument(
+        "--free-batch",
+        action="store_true",
+        help="leave the batch axis free (for batches of inputs; default: fixed at 1)",
+    )
+    sp.add_argument(
         "--input-shape",
         metavar="[NAME=]1x64x64x3",
         help="full input shape in the source's layout, where the model leaves sizes open",
@@ -164,7 +176,13 @@ def _shape(text: str | None):
 
 def run_cli(args) -> int:
     done = convert(
-        args.source, args.output, args.kind, args.opset, args.nchw, _shape(args.input_shape)
+        args.source,
+        args.output,
+        args.kind,
+        args.opset,
+        args.nchw,
+        _shape(args.input_shape),
+        args.free_batch,
     )
     shapes = ", ".join(
         f"{k} {list(v)}" + (f" {done.layouts[k]}" if k in done.layouts else "")

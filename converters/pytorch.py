@@ -31,12 +31,15 @@ def export(
     output_name: str = "y",
     external_data: bool = False,
     canonical: bool = False,
+    free_batch: bool = False,
 ) -> Exported:
     """Export `module` (in eval mode) at `example`'s shape to an ONNX model.
 
     One file unless `external_data` (needed past protobuf's 2 GB; the weights go to
     `<file name>.data` beside it). `canonical=True` also runs onnxscope.rewrite.canonicalize (off by
-    default: the file is then exactly torch's export). Returns the path, with the opset written."""
+    default: the file is then exactly torch's export). `free_batch`: the input's and output's
+    axis 0 free (named 'batch') instead of fixed at the example's. Returns the path, with the
+    opset written."""
     import onnx
     import torch
 
@@ -56,6 +59,7 @@ def export(
                 input_names=[input_name],
                 output_names=[output_name],
                 external_data=external_data,
+                dynamic_shapes=({0: torch.export.Dim("batch")},) if free_batch else None,
             )
             program.save(path, external_data=external_data)
         else:
@@ -67,6 +71,9 @@ def export(
                 opset_version=opset,
                 input_names=[input_name],
                 output_names=[output_name],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}
+                if free_batch
+                else None,
             )
     if canonical or (external_data and not dynamo):
         model = onnx.load(path)

@@ -70,9 +70,19 @@ def _quiet():
 
 
 # -- sources ----------------------------------------------------------------------------------
-def from_keras(model, path, *, input_shape=None, nchw=False, opset=DEFAULT_OPSET, **tf2onnx_kw):
+def from_keras(
+    model,
+    path,
+    *,
+    input_shape=None,
+    nchw=False,
+    opset=DEFAULT_OPSET,
+    free_batch=False,
+    **tf2onnx_kw,
+):
     """Convert a Keras 3 model object. `input_shape`: one shape (or {name: shape}) in the model's
-    own layout, batch included, where the model leaves sizes open."""
+    own layout, batch included, where the model leaves sizes open. `free_batch`: keep a None
+    batch free in the ONNX model (for batches of inputs) instead of fixing it at 1."""
     tf, _ = _tf()
     try:
         specs = [(t.name, tuple(t.shape), t.dtype) for t in model.inputs]
@@ -83,7 +93,7 @@ def from_keras(model, path, *, input_shape=None, nchw=False, opset=DEFAULT_OPSET
                 "batch included, in the model's own layout."
             ) from None
         specs = [("x", tuple(input_shape), "float32")]
-    signature = _signature(tf, specs, input_shape)
+    signature = _signature(tf, specs, input_shape, free_batch)
     single = len(signature) == 1
 
     @tf.function(input_signature=signature)
@@ -118,10 +128,11 @@ def from_saved_model(
     input_shape=None,
     nchw=False,
     opset=DEFAULT_OPSET,
+    free_batch=False,
     **tf2onnx_kw,
 ):
     """Convert a SavedModel directory (`model.export()`, `tf.saved_model.save`) through one of its
-    signatures, traced at a fixed input shape."""
+    signatures, traced at a fixed input shape (a free batch with `free_batch`)."""
     tf, _ = _tf()
     try:
         loaded = tf.saved_model.load(os.fspath(directory))
@@ -136,7 +147,7 @@ def from_saved_model(
     kwargs = fn.structured_input_signature[1]
     names = sorted(kwargs)
     specs = [(n, tuple(kwargs[n].shape), kwargs[n].dtype) for n in names]
-    sig = _signature(tf, specs, input_shape)
+    sig = _signature(tf, specs, input_shape, free_batch)
 
     @tf.function(input_signature=sig)
     def call(*args):
@@ -217,8 +228,9 @@ def keras_to_tflite(model, path) -> str:
 
 
 # -- shared steps -----------------------------------------------------------------------------
-def _signature(tf, specs, input_shape):
-    """TensorSpecs at fixed shapes: a None batch is 1, other None sizes come from input_shape."""
+def _signature(tf, specs, input_shape, free_batch=False):
+    """TensorSpecs at fixed shapes: a None batch is 1 (kept None with `free_batch`), other None
+    sizes come from input_shape."""
     if isinstance(input_shape, dict) and len(specs) == len(input_shape) == 1:
         input_shape = next(iter(input_shape.values()))  # one input: its name does not matter
     if input_shape is not None and not isinstance(input_shape, dict):
@@ -233,7 +245,11 @@ def _signature(tf, specs, input_shape):
             if given is not None
             else tuple(1 if d is None and k == 0 else d for k, d in enumerate(shape))
         )
-        if any(d is None for d in fixed) or (given is not None and len(given) != len(shape)):
+        if free_batch and fixed:
+            fixed = (None, *fixed[1:])
+        if any(d is None for d in fixed[1 if free_batch else 0 :]) or (
+            given is not None and len(given) != len(shape)
+        ):
             raise ConversionError(
                 f"Input '{name}' has shape {_dims(shape)}: give its full shape (batch included, "
                 "in the model's own layout), e.g. --input-shape "

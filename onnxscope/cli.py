@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         action="append",
         required=True,
-        help="flat output index (repeat for several)",
+        help="output position, a flat index into one sample's output (repeat for several)",
     )
     sp.add_argument("--output-name", help="which model output (default: the only one)")
     sp.add_argument("-o", "--out", required=True, help=NPY_HELP)
@@ -176,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--class",
         dest="classes",
-        type=int,
+        type=_target_arg,
         action="append",
-        help="class (flat output index) to explain; default: the top class",
+        help="class to explain: its index in one sample's output, or 'top' (each sample's "
+        "largest; the default); repeat for several",
     )
     sp.add_argument("--output-name", help="which model output (default: the only one)")
     sp.add_argument("-o", "--out", required=True, help=NPY_HELP)
@@ -194,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_commands.add_parser(sub)
     triton_commands.add_parser(sub)
+    from .batch import commands as batch_commands  # `batch`: onnxscope/batch/
+
+    batch_commands.add_parser(sub)
     return p
 
 
@@ -217,7 +221,6 @@ def _add_report_parser(sub) -> None:
     many("--output-name", "outputs", str, "NAME", "report on this output only (default: all)")
     many("--class", "classes", int, "K", "output index to show votes for (default: the top)")
     arg("--top", type=int, default=3, help="how many top classes to show (3)")
-    arg("--labels", type=lambda t: t.split(","), help="class names: a,b,c")
     many("--row", "rows", _ints("Y,X"), "Y,X", "output position for a row A_xᵀe_i")
     many("--column", "columns", _ints("Y,X"), "Y,X", "input position for a column A_x e_j")
     arg("--channel", type=int, default=0, help="channel of those positions (0)")
@@ -230,6 +233,14 @@ def _add_report_parser(sub) -> None:
     arg("--svd", dest="svd_k", type=int, default=4, help="how many singular triplets (4)")
     arg("--mask-layer", metavar="NODE", help="node whose masks are shown")
     many("--other", "other", _other_arg, "NAME=VALUE", "another input: a number or a .npy file")
+    add_image_options(sp)
+
+
+def add_image_options(sp) -> None:
+    """How an image file becomes the model input (onnxscope.report.images), and how its output
+    is read (--labels, --logits): the options `report` and `batch` share."""
+    arg = sp.add_argument
+    arg("--labels", type=lambda t: t.split(","), help="class names: a,b,c")
     arg("--layout", choices=["NCHW", "NHWC"], help="default: from the input shape")
     arg("--color", choices=["rgb", "bgr", "gray"], help="default: from the channel count")
     arg(
@@ -242,6 +253,9 @@ def _add_report_parser(sub) -> None:
     arg("--mean", help="subtracted after scaling: one value or one per channel")
     arg("--std", help="divided by after the mean: one value or one per channel")
     arg("--logits", action="store_true", help="interpret the logits under Softmax outputs")
+
+
+IMAGE_CONVENTIONS = ("layout", "color", "size", "scale", "mean", "std")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,6 +378,8 @@ def _interpret(args):
     given = {name: load_array(path, name) for name, path in args.input}
     shapes = dict(args.input_shape)
     shapes.update({k: v.shape for k, v in given.items()})
+    if scope.wrt in given and scope._exported_at_batch_1(given[scope.wrt].shape):
+        shapes[scope.wrt] = (1, *given[scope.wrt].shape[1:])  # read one sample at a time
     shapes = resolve_input_shapes(scope.model, shapes)
     specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
     fed = input_feeds(specs, given, shapes, seed=args.seed)
@@ -388,6 +404,10 @@ def cmd_verify(args) -> int:
             f"{name:15s} {value:.3e}  {verdict:6s} (float noise floor {v.noise[name]:.1e}, "
             f"bound {v.bound(name):.1e})"
         )
+    failing = v.failed_samples()
+    if v.per_sample:
+        verdict = f"samples failing: {failing}" if failing else "every sample ok"
+        print(f"{'per sample':15s} {len(v.per_sample)} samples, {verdict}")
     if not v.adjoint_checked:
         print(
             f"{'adjoint':15s} not checked{' (FAILED: --strict)' if args.strict else ''}: "
@@ -419,18 +439,33 @@ def cmd_votes(args) -> int:
     _out_file(args)  # before the work, not only after
     _, it = _interpret(args)
     name = args.output_name or it._single_name()
-    classes = args.classes or [int(np.argmax(it.outputs[name]))]
-    maps = np.stack([it.votes(k, name) for k in classes])
+    targets = args.classes or ["top"]
+    splits = [it.vote_split(t, name) for t in targets]
+    maps = np.stack([split.votes for split in splits])  # [targets, *x]
     out = _save_npy(args, maps)
+    batch = bool(it.samples and it.samples > 1)
     rows = []
-    for k in classes:
-        p = it.bias_share(k, name)
-        rows.append(
-            (k, f"{p['output']:.6g}", f"{p['votes']:.6g}", f"{p['bias']:.6g}", f"{p['share']:.3f}")
-        )
-    _table(("class", "output", "sum of votes", "bias", "bias share"), rows)
-    print(f"Wrote {len(maps)} vote map(s) to {out}.")
+    for split in splits:
+        for n, k in enumerate(split.classes):
+            parts = (split.output[n], split.sums[n], split.bias[n])
+            rows.append(
+                ((n,) if batch else ()) + (k, *(f"{v:.6g}" for v in parts), f"{split.share[n]:.3f}")
+            )
+    header = ("class", "output", "sum of votes", "bias", "bias share")
+    _table((("sample",) if batch else ()) + header, rows)
+    shape = f" {tuple(maps.shape)} (targets, *input)" if batch else ""
+    print(f"Wrote {len(maps)} vote map(s){shape} to {out}.")
     return EXIT_OK
+
+
+def _target_arg(text: str):
+    """--class: a class index or 'top' (each sample's largest output)."""
+    if text == "top":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class index or 'top', got '{text}'") from None
 
 
 def _out_file(args) -> str:

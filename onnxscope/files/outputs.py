@@ -226,6 +226,15 @@ def publish_file(path, data: bytes, *, sources: Sources = (), suffix: str | None
     return shown
 
 
+def sweep_leftovers(path) -> None:
+    """Remove what killed `publish_file` runs left beside the file `path` (its unlocked
+    temporary files), as publish_file does before it writes."""
+    _, parent, name = _target(path, "file")
+    if os.path.isdir(parent):
+        with _locked(parent):
+            _sweep(parent, name, None, None, None)
+
+
 @dataclass(frozen=True)
 class OutputSet:
     """One kind of output set (`rewrite -o DIR`, `report -o DIR`): its kind, its index file and

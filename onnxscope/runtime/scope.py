@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -21,11 +22,22 @@ from .sessions import (
     resolve_providers,
     session_options,
 )
+from .targets import (
+    one_hots,
+    per_sample_values,
+    resolve_positions,
+    resolve_targets,
+    sample_count,
+)
+from .verify import sample_leak
 
 # probe_batch="auto": as many probes per run as fit in this share of the free memory, up to a cap
 # past which a bigger batch stopped paying off (bench/suite.py: per-probe time at batch 16 and 64
 # is the same on a 2-core CPU; a GPU keeps gaining up to 64).
 MEMORY_SHARE = 0.25
+# the coupling between samples past which per-sample readings are refused (float32 rounding of an
+# exactly block-diagonal map stays below 1e-6 relative)
+SAMPLE_LEAK_TOL = 1e-4
 PROBE_CAP = {"cpu": 16, "cuda": 64}
 
 
@@ -51,6 +63,7 @@ class _Sessions:
         self.device = "cuda" if "CUDAExecutionProvider" in self.mask.get_providers() else "cpu"
         self.probe_bytes = _probe_bytes(artifacts)
         self.fixed_shapes = self.device == "cuda"  # pad short probe batches (see _batched)
+        self.sample_leak: float | None = None  # Interpretation._require_independent_samples
 
     @functools.cached_property
     def linear(self):
@@ -126,11 +139,16 @@ class LinearScope:
         providers: list[str] | str | None = None,
         probe_batch: int | str = "auto",
         threads: int | None = None,
+        labels: Sequence[str] | None = None,
+        batch_axis: int | str | None = "auto",
     ):
         """`providers`: "cpu", "cuda" or an ONNX Runtime provider list (default
         $ONNXSCOPE_DEVICE, else the CPU). `probe_batch`: probes per run of the linear and adjoint
         graphs, or "auto" (from the free memory and the model's activation size). `threads`:
-        ONNX Runtime intra-op threads (default: one per core)."""
+        ONNX Runtime intra-op threads (default: one per core). `labels`: class names of the
+        output, so that targets may be named. `batch_axis`: "auto" (axis 0 of the interpreted
+        input is the batch axis where the model declares it free or 1 and every output carries
+        it), 0 (axis 0 whatever its declared size), or None (x is always one input)."""
         require_ort()
         if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
             raise InputError(
@@ -148,6 +166,10 @@ class LinearScope:
         self.providers = resolve_providers(providers)
         self.probe_batch = probe_batch
         self.threads = threads
+        if batch_axis not in ("auto", 0, None) or isinstance(batch_axis, bool):
+            raise InputError(f"batch_axis must be 'auto', 0 or None, not {batch_axis!r}.")
+        self.batch_axis = batch_axis
+        self.labels = _labels(labels)
         self._cache: dict[tuple, tuple[AnalyzedModel, _Sessions]] = {}
 
     @functools.cached_property
@@ -208,13 +230,40 @@ class LinearScope:
             feeds[name] = _check_array(name, value, specs[name][1])
         if feeds[self.wrt].size == 0:
             raise InputError(f"Input '{self.wrt}' has no elements (shape {feeds[self.wrt].shape}).")
+        if self._exported_at_batch_1(feeds[self.wrt].shape):
+            return SampleLoop(self, feeds)
         shapes = {k: v.shape for k, v in feeds.items()}
         analyzed, sessions = self._prepare(shapes, feeds)
-        it = Interpretation(self, analyzed, sessions, feeds)
+        it = MaskRun(self, analyzed, sessions, feeds)
         if not it.shapes_match_analysis():  # another input's values changed the graph's shapes
             analyzed, sessions = self._prepare(shapes, feeds, rebuild=True)
-            it = Interpretation(self, analyzed, sessions, feeds)
+            it = MaskRun(self, analyzed, sessions, feeds)
         return it
+
+    def _declared_batch(self) -> int | str | None:
+        """Axis 0 of the interpreted input as the model declares it: its size, 'free', or None
+        (rank below 2, or batch_axis=None: no sample axis)."""
+        dims = self._input_specs[self.wrt][0]
+        if self.batch_axis is None or len(dims) < 2:
+            return None
+        return dims[0] if isinstance(dims[0], int) and dims[0] > 0 else "free"
+
+    def _exported_at_batch_1(self, x_shape) -> bool:
+        """A batch of several samples for a model whose batch axis is fixed at 1."""
+        rank = len(self._input_specs[self.wrt][0])
+        return self._declared_batch() == 1 and len(x_shape) == rank and x_shape[0] > 1
+
+    def samples_of(self, x_shape, outputs: Mapping[str, np.ndarray]) -> int | None:
+        """N when axis 0 of x (shape `x_shape`) is a batch of N samples: declared free or 1 by
+        the model (any size with batch_axis=0) and every output of that length on its axis 0.
+        Else None: x is one input and readings index whole tensors."""
+        declared = self._declared_batch()
+        if declared is None or (self.batch_axis == "auto" and declared not in ("free", 1)):
+            return None
+        n = x_shape[0]
+        if all(v.ndim >= 1 and v.shape[0] == n for v in outputs.values()):
+            return n
+        return None
 
 
 def _check_array(name: str, value, dtype: np.dtype) -> np.ndarray:
@@ -258,7 +307,225 @@ def _is_int(value) -> bool:
 
 
 class Interpretation:
-    """The affine map F̂_x(z) = A_x z + c_x frozen at one input x.
+    """The affine map F̂_x(z) = A_x z + c_x frozen at an input x: the readings.
+
+    `samples`: N when x is a batch of N samples along axis 0 (the model's batch axis, carried to
+    every output), else None (the whole of x is one input). With samples, every reading is per
+    sample (onnxscope.runtime.targets): votes(k) reads element k of each sample's output, never a
+    flat index over the batch, and A_x being block-diagonal over the samples, N targets cost one
+    probe. `MaskRun` is one run of the mask graph; `SampleLoop` interprets a model exported at
+    batch 1 one sample at a time behind the same readings.
+    """
+
+    scope: LinearScope
+    x: np.ndarray
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    output_names: list[str]
+    samples: int | None
+
+    # -- results at x --------------------------------------------------------------------------
+    @property
+    def output(self) -> np.ndarray:
+        """F(x) for a single-output model."""
+        return self._single(self.outputs)
+
+    @property
+    def bias(self) -> np.ndarray:
+        return self._single(self.biases)
+
+    def apply(self, z: np.ndarray):
+        """A_x z: an array for a single-output model, else a dict by output name."""
+        return self._single(self.apply_all(z), allow_dict=True)
+
+    def apply_T(self, w) -> np.ndarray:
+        """A_x^T w: input-shaped; w shaped like the output with any leading dims."""
+        return self.apply_T_all(w)
+
+    # -- readings ------------------------------------------------------------------------------
+    def rows(self, idx, output: str | None = None) -> np.ndarray:
+        """A_x^T e_i for flat output positions i (per sample, onnxscope.runtime.targets): what
+        each output element looks at, a stack [K, *x]."""
+        name = self._output_name(output)
+        shape = self.outputs[name].shape
+        size = int(np.prod(shape)) // sample_count(self.samples)
+        where = resolve_positions(idx, self.samples, size, "Row")
+        self._require_independent_samples()
+        probes = one_hots(where, shape, self.samples, self.outputs[name].dtype)
+        return self.apply_T_all({name: probes})
+
+    def columns(self, idx) -> np.ndarray | dict[str, np.ndarray]:
+        """A_x e_j for flat input positions j (per sample): a stack [K, *output] per output."""
+        size = self.x.size // sample_count(self.samples)
+        where = resolve_positions(idx, self.samples, size, "Column")
+        self._require_independent_samples()
+        return self.apply(one_hots(where, self.x.shape, self.samples, self.x.dtype))
+
+    def votes(self, target, output: str | None = None) -> np.ndarray:
+        """Pixel-wise votes x ⊙ A_x^T e_k for output element k (a class of a classifier), shaped
+        like x: each sample's part holds its own target's votes (targets: an int, one per sample,
+        'top', a label; onnxscope.runtime.targets). votes(k)[n].sum() + bias[n, k] equals
+        output[n, k]. One adjoint probe answers a target per sample."""
+        return self.vote_split(target, output, "votes").votes
+
+    def bias_share(self, target, output: str | None = None) -> dict:
+        """How much of output k comes from the bias: |c_k| / (|Σ votes| + |c_k|), with the parts
+        ('share', 'votes', 'bias', 'output'): numbers for one target at one sample, else arrays
+        shaped like the targets (one per sample)."""
+        return self.vote_split(target, output, "bias_share").parts()
+
+    def vote_split(self, target, output: str | None = None, what: str = "vote_split"):
+        """`votes` and `bias_share` from the same probe: a VoteSplit with the vote maps, the
+        targets read, and each target's output = Σ votes + bias with the bias share."""
+        name = self._output_name(output)
+        self._require_independent_samples()
+        labels = self.scope.labels
+        indices, stack, scalar = resolve_targets(
+            target, self.samples, self.outputs[name], labels, what
+        )
+        probes = one_hots(indices, self.outputs[name].shape, self.samples, self.outputs[name].dtype)
+        votes = self.x * self.apply_T_all({name: probes})  # [P, *x]
+        n = sample_count(self.samples)
+        pick = lambda v: per_sample_values(v, indices, self.samples).astype(np.float64)  # noqa: E731
+        return VoteSplit(
+            votes=votes.reshape(*stack, *self.x.shape),
+            classes=indices.reshape(*stack, n),
+            sums=votes.reshape(len(indices), n, -1)
+            .sum(axis=2, dtype=np.float64)
+            .reshape(*stack, n),
+            bias=pick(self.biases[name]).reshape(*stack, n),
+            output=pick(self.outputs[name]).reshape(*stack, n),
+            scalar=scalar,
+        )
+
+    def as_linear_operator(self, output: str | None = None, input_region=None, output_region=None):
+        """A_x as a scipy.sparse.linalg.LinearOperator (matvec: linear graph, rmatvec: adjoint),
+        optionally restricted to crops (tuples of slices) of the input and the output."""
+        from .spectrum import linear_operator
+
+        return linear_operator(self, output, input_region, output_region)
+
+    def svd(self, k: int, region=None, output: str | None = None):
+        """Top-k singular triplets of A_x (or of a crop): (U, s, Vt), largest first."""
+        from .spectrum import svd
+
+        if not _is_int(k) or k < 1:
+            raise InputError(f"svd(k): k must be a positive integer, not {k!r}.")
+        return svd(self, int(k), self._output_name(output), region)
+
+    def verify(self, seed: int = 0, tol: float | None = None):
+        """The exactness checks at x (reconstruction, linearity, adjoint), each with the float
+        noise floor measured in the same run: a `Verification`, a mapping from check to its
+        relative error, with `.ok`, `.noise`, `.conditioning` and `.passed(name)`; with samples,
+        `.per_sample` holds one Verification per sample and `.ok` needs every one. The measures
+        are explained in onnxscope/runtime/verify.py and the README."""
+        from .verify import DEFAULT_TOL, verify
+
+        if not _is_int(seed) or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, not {seed!r}.")
+        return verify(self, seed, DEFAULT_TOL if tol is None else tol)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _require_independent_samples(self) -> None:
+        """Per-sample readings take one probe for all samples, which is exact only where no
+        sample's output reads another sample (A_x block-diagonal over axis 0): checked once per
+        input shape, and a model that mixes its samples is refused here."""
+        if not self.samples or self.samples < 2:
+            return
+        leak = self._sample_leak()
+        if leak > SAMPLE_LEAK_TOL:
+            raise InputError(
+                f"The model mixes the samples of its batch axis (a sample's output depends on "
+                f"other samples: relative leak {leak:.2g}), so readings cannot be per sample. "
+                "Interpret one sample at a time, or use LinearScope(..., batch_axis=None) to "
+                "read the batch as one input."
+            )
+
+    def _sample_leak(self) -> float:
+        """How much A_x couples different samples (0 when it is block-diagonal)."""
+        return 0.0
+
+    def _cotangents(self, w) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
+        """w (an array for a single output, or a dict by output name with the same leading dims;
+        missing outputs count as zero) as (leading dims, {output: [count, *output]})."""
+        if not isinstance(w, Mapping):
+            if len(self.output_names) != 1:
+                raise InputError("The model has several outputs: pass w as a dict by output name.")
+            w = {self.output_names[0]: w}
+        unknown = set(w) - set(self.output_names)
+        if unknown:
+            raise InputError(f"Unknown output(s) {sorted(unknown)}; outputs: {self.output_names}.")
+        arrays = {n: np.asarray(v, dtype=self.outputs[n].dtype) for n, v in w.items()}
+        leads = {_leading(v.shape, self.outputs[n].shape, "cotangent") for n, v in arrays.items()}
+        if len(leads) != 1:
+            raise InputError(f"All cotangents must have the same leading dims; got {leads}.")
+        lead = leads.pop()
+        count = int(np.prod(lead))
+        flat = {
+            n: arrays[n].reshape(count, *self.outputs[n].shape)
+            if n in arrays
+            else np.zeros((count, *self.outputs[n].shape), self.outputs[n].dtype)
+            for n in self.output_names
+        }
+        for value in flat.values():
+            _check_finite("cotangent w", value)
+        return lead, flat
+
+    def _output_name(self, output: str | None) -> str:
+        """`output` checked against the model's outputs; the only one when None."""
+        if output is None:
+            return self._single_name()
+        if output not in self.outputs:
+            raise InputError(
+                f"Unknown output {output!r}; the model's outputs are {self.output_names}."
+            )
+        return output
+
+    def _single_name(self) -> str:
+        if len(self.output_names) != 1:
+            raise InputError(f"The model has several outputs {self.output_names}; name one.")
+        return self.output_names[0]
+
+    def _single(self, values: dict, allow_dict: bool = False):
+        if len(values) == 1:
+            return next(iter(values.values()))
+        if allow_dict:
+            return values
+        raise InputError(
+            f"The model has {len(values)} outputs ({list(values)}); use the dict form "
+            "(it.outputs, it.biases, it.apply_all)."
+        )
+
+
+@dataclass(frozen=True)
+class VoteSplit:
+    """Each target's output split into its pixel-wise votes and its bias (Interpretation.
+    vote_split): `votes` the maps (x-shaped, or [K, *x] for K targets per sample); `classes`,
+    `sums` (Σ votes), `bias` and `output` one value per sample ([N], or [K, N]); output = sums +
+    bias. `scalar`: one target at one sample (`parts()` gives plain numbers)."""
+
+    votes: np.ndarray
+    classes: np.ndarray
+    sums: np.ndarray
+    bias: np.ndarray
+    output: np.ndarray
+    scalar: bool
+
+    @property
+    def share(self) -> np.ndarray:
+        """|bias| / (|Σ votes| + |bias|) per sample (0 where both are 0)."""
+        total = np.abs(self.sums) + np.abs(self.bias)
+        return np.divide(np.abs(self.bias), total, out=np.zeros_like(total), where=total > 0)
+
+    def parts(self) -> dict:
+        """{'share', 'votes', 'bias', 'output'}: numbers for one target at one sample, else
+        arrays [N] (or [K, N])."""
+        parts = {"share": self.share, "votes": self.sums, "bias": self.bias, "output": self.output}
+        return {k: float(v.ravel()[0]) if self.scalar else v for k, v in parts.items()}
+
+
+class MaskRun(Interpretation):
+    """The interpretation from one run of the mask graph at x.
 
     Masks stay as runtime values (OrtValues, on the device for CUDA) and are bound to the linear
     graph for every batch of probes.
@@ -279,6 +546,7 @@ class Interpretation:
         sessions.mask.run_with_iobinding(binding)
         self._mask_values = dict(zip(sessions.mask_outputs, binding.get_outputs()))
         self.outputs = {n: _read_only(self._mask_values[n].numpy()) for n in self.output_names}
+        self.samples = scope.samples_of(self.x.shape, self.outputs)
         self._bias = None
         for name, value in self.outputs.items():
             # min is NaN when any element is: no boolean temporary on every interpret()
@@ -293,18 +561,20 @@ class Interpretation:
         """Probes per run of the linear and adjoint graphs (LinearScope.batch_for)."""
         return self.scope.batch_for(self._s)
 
+    def _sample_leak(self) -> float:
+        """The largest per-sample gap of ⟨A z, w⟩ = ⟨z, Aᵀw⟩ for random z, w (it is zero for
+        every sample only if A_x is block-diagonal), or where there is no adjoint, the part
+        of A z₀ outside sample 0 for z₀ nonzero in sample 0 only; once per input shape."""
+        if self._s.sample_leak is None:
+            self._s.sample_leak = sample_leak(self)
+        return self._s.sample_leak
+
     def shapes_match_analysis(self) -> bool:
         """Whether the mask graph's outputs have the shapes the rewrite was built for."""
         return all(
             self._mask_values[name].shape() == shape
             for name, shape in self._s.expected_shapes(self.model)
         )
-
-    # -- results at x --------------------------------------------------------------------------
-    @property
-    def output(self) -> np.ndarray:
-        """F(x) for a single-output model."""
-        return self._single(self.outputs)
 
     @property
     def masks(self) -> dict[str, np.ndarray]:
@@ -322,10 +592,6 @@ class Interpretation:
             self._bias = {n: _read_only(v[0]) for n, v in values.items()}
         return self._bias
 
-    @property
-    def bias(self) -> np.ndarray:
-        return self._single(self.biases)
-
     # -- the linear map ------------------------------------------------------------------------
     def apply_all(self, z: np.ndarray) -> dict[str, np.ndarray]:
         """A_x z for every output; z is shaped like x with any leading dims."""
@@ -340,96 +606,17 @@ class Interpretation:
             self._check_result(f"A_x z (output '{name}')", out[name])
         return {n: out[n].reshape((*lead, *self.outputs[n].shape)) for n in self.output_names}
 
-    def apply(self, z: np.ndarray):
-        """A_x z: an array for a single-output model, else a dict by output name."""
-        return self._single(self.apply_all(z), allow_dict=True)
-
     def apply_T_all(self, w) -> np.ndarray:
         """A_x^T w, shaped like x with w's leading dims; w is an array (single output) or a dict
         of output-shaped arrays with the same leading dims (missing outputs count as zero)."""
         arts = self._s.artifacts
         if self._s.adjoint is None:
             raise OnnxscopeError(f"No adjoint graph for this model: {arts.adjoint_error}")
-        if not isinstance(w, Mapping):
-            if len(self.output_names) != 1:
-                raise InputError("The model has several outputs: pass w as a dict by output name.")
-            w = {self.output_names[0]: w}
-        unknown = set(w) - set(self.output_names)
-        if unknown:
-            raise InputError(f"Unknown output(s) {sorted(unknown)}; outputs: {self.output_names}.")
-        arrays = {n: np.asarray(v, dtype=self.outputs[n].dtype) for n, v in w.items()}
-        leads = {_leading(v.shape, self.outputs[n].shape, "cotangent") for n, v in arrays.items()}
-        if len(leads) != 1:
-            raise InputError(f"All cotangents must have the same leading dims; got {leads}.")
-        lead = leads.pop()
-        count = int(np.prod(lead))
-        flat = {
-            n: arrays[n].reshape(count, *self.outputs[n].shape)
-            if n in arrays
-            else np.zeros((count, *self.outputs[n].shape), self.outputs[n].dtype)
-            for n in self.output_names
-        }
+        lead, flat = self._cotangents(w)
         feeds = {arts.adjoint_probes[n]: v for n, v in flat.items()}
-        for value in flat.values():
-            _check_finite("cotangent w", value)
         out = self._batched(self._s.adjoint, arts.adjoint_imports, feeds)[self.scope.wrt]
         self._check_result("A_x^T w", out)
         return out.reshape((*lead, *self.x.shape))
-
-    def apply_T(self, w) -> np.ndarray:
-        """A_x^T w: input-shaped; w shaped like the output with any leading dims."""
-        return self.apply_T_all(w)
-
-    def rows(self, idx, output: str | None = None) -> np.ndarray:
-        """A_x^T e_i for flat output indices i: what each output element looks at (x-shaped)."""
-        name = self._output_name(output)
-        shape = self.outputs[name].shape
-        idx = _flat_indices(idx, int(np.prod(shape)), "Row")
-        probes = np.zeros((len(idx), int(np.prod(shape))), self.outputs[name].dtype)
-        probes[np.arange(len(idx)), idx] = 1
-        return self.apply_T_all({name: probes.reshape(len(idx), *shape)})
-
-    def columns(self, idx) -> np.ndarray | dict[str, np.ndarray]:
-        """A_x e_j for flat input indices j: one output-shaped image per index."""
-        size = self.x.size
-        idx = _flat_indices(idx, size, "Column")
-        probes = np.zeros((len(idx), size), self.x.dtype)
-        probes[np.arange(len(idx)), idx] = 1
-        return self.apply(probes.reshape(len(idx), *self.x.shape))
-
-    # -- readings ------------------------------------------------------------------------------
-    def votes(self, k, output: str | None = None) -> np.ndarray:
-        """Pixel-wise votes for output element k (a class index for a classifier): x ⊙ A_x^T e_k,
-        shaped like x. votes(k).sum() + bias.flat[k] equals the logit k."""
-        return self.x * self.rows([k], output)[0]
-
-    def bias_share(self, k, output: str | None = None) -> dict[str, float]:
-        """How much of output k comes from the bias: |c_k| / (|Σ votes| + |c_k|), with the parts."""
-        name = self._output_name(output)
-        votes = float(self.votes(k, name).sum(dtype=np.float64))
-        bias = float(self.biases[name].ravel()[k])
-        total = abs(votes) + abs(bias)
-        return {
-            "share": abs(bias) / total if total else 0.0,
-            "votes": votes,
-            "bias": bias,
-            "output": float(self.outputs[name].ravel()[k]),
-        }
-
-    def as_linear_operator(self, output: str | None = None, input_region=None, output_region=None):
-        """A_x as a scipy.sparse.linalg.LinearOperator (matvec: linear graph, rmatvec: adjoint),
-        optionally restricted to crops (tuples of slices) of the input and the output."""
-        from .spectrum import linear_operator
-
-        return linear_operator(self, output, input_region, output_region)
-
-    def svd(self, k: int, region=None, output: str | None = None):
-        """Top-k singular triplets of A_x (or of a crop): (U, s, Vt), largest first."""
-        from .spectrum import svd
-
-        if not _is_int(k) or k < 1:
-            raise InputError(f"svd(k): k must be a positive integer, not {k!r}.")
-        return svd(self, int(k), self._output_name(output), region)
 
     def bias_by_layer(self, output: str | None = None) -> dict[str, np.ndarray]:
         """c_x split by the node whose bias or intercept it comes from (nodes adding nothing are
@@ -439,17 +626,6 @@ class Interpretation:
         eye = np.eye(len(labels), dtype=self.x.dtype)
         shares = self._batched(model, imports, {self._s.artifacts.selector: eye})[name]
         return {label: share for label, share in zip(labels, shares) if np.any(share)}
-
-    def verify(self, seed: int = 0, tol: float | None = None):
-        """The exactness checks at x (reconstruction, linearity, adjoint), each with the float
-        noise floor measured in the same run: a `Verification`, a mapping from check to its
-        relative error, with `.ok`, `.noise`, `.conditioning` and `.passed(name)`. The measures
-        are explained in onnxscope/runtime/verify.py and the README."""
-        from .verify import DEFAULT_TOL, verify
-
-        if not _is_int(seed) or seed < 0:
-            raise InputError(f"seed must be a non-negative integer, not {seed!r}.")
-        return verify(self, seed, DEFAULT_TOL if tol is None else tol)
 
     def adjoint_unavailable(self) -> str | None:
         """Why this model has no adjoint graph, or None when it has one."""
@@ -532,30 +708,114 @@ class Interpretation:
             f"or NaN values on the input's path.{_nonfinite_weights(self.scope.model)}"
         )
 
-    def _output_name(self, output: str | None) -> str:
-        """`output` checked against the model's outputs; the only one when None."""
-        if output is None:
-            return self._single_name()
-        if output not in self.outputs:
+
+class SampleLoop(Interpretation):
+    """A batch of N samples for a model exported with its batch axis fixed at 1: one MaskRun per
+    sample behind the readings of one batch (probes are split by sample, results joined along
+    axis 0), so the API is the same as for a model with a free batch axis. The model itself is
+    never changed: freeing a fixed batch axis is not provably safe in general (a Reshape to
+    [1, -1] would merge the samples)."""
+
+    def __init__(self, scope: LinearScope, feeds: dict[str, np.ndarray]):
+        self.scope, self.inputs = scope, feeds
+        n = feeds[scope.wrt].shape[0]
+        parts = []
+        for k in range(n):
+            part = {name: self._sample(name, value, k, n) for name, value in feeds.items()}
+            x = part.pop(scope.wrt)
+            parts.append(scope.interpret(x, **part))
+        if any(p.samples != 1 for p in parts):
             raise InputError(
-                f"Unknown output {output!r}; the model's outputs are {self.output_names}."
+                f"Input '{scope.wrt}' is declared with batch 1, but the model's outputs do not "
+                "keep that batch axis: a batch of several inputs cannot be read per sample. "
+                "Interpret one input at a time."
             )
-        return output
+        self.parts = parts
+        self.model, self.samples = parts[0].model, n
+        self.output_names = parts[0].output_names
+        self.x = _read_only(np.concatenate([p.x for p in parts]))
+        self.outputs = self._joined([p.outputs for p in parts])
+        self._bias = None
 
-    def _single_name(self) -> str:
-        if len(self.output_names) != 1:
-            raise InputError(f"The model has several outputs {self.output_names}; name one.")
-        return self.output_names[0]
+    def _sample(self, name: str, value: np.ndarray, k: int, n: int) -> np.ndarray:
+        """Sample k of an input that has the batch axis (declared 1, given n), else all of it."""
+        dims = self.scope._input_specs[name][0]
+        if dims and dims[0] == 1 and value.ndim == len(dims) and value.shape[0] == n:
+            return value[k : k + 1]
+        return value
 
-    def _single(self, values: dict, allow_dict: bool = False):
-        if len(values) == 1:
-            return next(iter(values.values()))
-        if allow_dict:
-            return values
-        raise InputError(
-            f"The model has {len(values)} outputs ({list(values)}); use the dict form "
-            "(it.outputs, it.biases, it.apply_all)."
-        )
+    @staticmethod
+    def _joined(parts: list[dict[str, np.ndarray]], axis: int = 0) -> dict[str, np.ndarray]:
+        return {n: np.concatenate([p[n] for p in parts], axis=axis) for n in parts[0]}
+
+    @functools.cached_property
+    def batch(self) -> int:
+        return self.parts[0].batch
+
+    @property
+    def masks(self) -> dict[str, np.ndarray]:
+        """Each mask of the samples joined along its axis 0 (a mask without the batch axis is
+        stacked)."""
+        found = [p.masks for p in self.parts]
+        return {
+            name: np.concatenate([m[name] for m in found])
+            if found[0][name].ndim and found[0][name].shape[0] == 1
+            else np.stack([m[name] for m in found])
+            for name in found[0]
+        }
+
+    @property
+    def biases(self) -> dict[str, np.ndarray]:
+        if self._bias is None:
+            self._bias = {
+                n: _read_only(v) for n, v in self._joined([p.biases for p in self.parts]).items()
+            }
+        return self._bias
+
+    def apply_all(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        z = np.asarray(z, dtype=self.x.dtype)
+        lead = _leading(z.shape, self.x.shape, "probe")
+        flat = z.reshape(-1, *self.x.shape)
+        out = self._joined([p.apply_all(flat[:, k : k + 1]) for k, p in enumerate(self.parts)], 1)
+        return {n: v.reshape((*lead, *self.outputs[n].shape)) for n, v in out.items()}
+
+    def apply_T_all(self, w) -> np.ndarray:
+        lead, flat = self._cotangents(w)
+        out = [
+            p.apply_T_all({n: v[:, k : k + 1] for n, v in flat.items()})
+            for k, p in enumerate(self.parts)
+        ]
+        return np.concatenate(out, axis=1).reshape((*lead, *self.x.shape))
+
+    def bias_by_layer(self, output: str | None = None) -> dict[str, np.ndarray]:
+        name = self._output_name(output)
+        found = [p.bias_by_layer(name) for p in self.parts]
+        labels = list(dict.fromkeys(label for f in found for label in f))
+        zero = np.zeros_like(self.parts[0].outputs[name])
+        return {label: np.concatenate([f.get(label, zero) for f in found]) for label in labels}
+
+    def adjoint_unavailable(self) -> str | None:
+        return self.parts[0].adjoint_unavailable()
+
+    def jittered_outputs(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
+        draws = [p.jittered_outputs(x[k : k + 1]) for k, p in enumerate(self.parts)]
+        return [self._joined(list(d)) for d in zip(*draws)]
+
+    def affine_outputs(self, z: np.ndarray, jittered: bool = False):
+        found = [p.affine_outputs(z[k : k + 1], jittered) for k, p in enumerate(self.parts)]
+        if not jittered:
+            return self._joined(found)
+        return [self._joined(list(d)) for d in zip(*found)]
+
+
+def _labels(labels) -> tuple[str, ...] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, str) or not all(isinstance(t, str) for t in labels):
+        raise InputError("labels must be a sequence of class names (strings).")
+    if len(set(labels)) != len(labels):
+        raise InputError("labels must be distinct.")
+    return tuple(labels)
 
 
 def _probe_bytes(artifacts: Artifacts) -> int:
@@ -579,26 +839,6 @@ def _leading(shape, x_shape, what) -> tuple[int, ...]:
             f"got {tuple(shape)}."
         )
     return tuple(shape[: len(shape) - n])
-
-
-def _flat_indices(idx, size: int, what: str) -> np.ndarray:
-    """Flat integer indices in [-size, size), as int64 in [0, size): floats, booleans, strings
-    and out-of-range values are refused rather than coerced."""
-    try:
-        array = np.atleast_1d(np.asarray(idx))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} indices must be integers ({exc}).") from None
-    if array.dtype == object:  # Python ints past int64, or mixed types
-        if not all(_is_int(v) for v in array.ravel()):
-            raise InputError(f"{what} indices must be integers; got {idx!r}.")
-    elif array.size and array.dtype.kind not in "iu":
-        raise InputError(f"{what} indices must be integers; got dtype {array.dtype} ({idx!r}).")
-    if array.size and not all(-size <= int(v) < size for v in (array.min(), array.max())):
-        raise InputError(
-            f"{what} index out of range for a tensor of {size} elements (valid: {-size} to "
-            f"{size - 1})."
-        )
-    return array.astype(np.int64).ravel() % size
 
 
 def _read_only(array) -> np.ndarray:

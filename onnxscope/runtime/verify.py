@@ -59,6 +59,8 @@ class Verification(Mapping):
         self.conditioning = conditioning
         self.tol = tol
         self.adjoint_error = adjoint_error  # why the adjoint was not checked, or None
+        # a batch of samples: each sample's own Verification (None for one input)
+        self.per_sample: list[Verification] | None = None
 
     def __getitem__(self, name: str) -> float:
         return self.errors[name]
@@ -82,8 +84,14 @@ class Verification(Mapping):
 
     @property
     def ok(self) -> bool:
-        """Every identity that was checked holds (see `adjoint_checked` for the adjoint)."""
-        return all(self.passed(name) for name in self.errors)
+        """Every identity that was checked holds (see `adjoint_checked` for the adjoint), over
+        the whole batch and for each sample."""
+        whole = all(self.passed(name) for name in self.errors)
+        return whole and all(v.ok for v in self.per_sample or ())
+
+    def failed_samples(self) -> list[int]:
+        """The samples whose own identities fail (empty for one input)."""
+        return [n for n, v in enumerate(self.per_sample or ()) if not v.ok]
 
     def as_dict(self) -> dict:
         return {
@@ -96,6 +104,7 @@ class Verification(Mapping):
             "adjoint_checked": self.adjoint_checked,
             "adjoint_error": self.adjoint_error,
             "ok": self.ok,
+            **({"per_sample": [v.as_dict() for v in self.per_sample]} if self.per_sample else {}),
         }
 
     def __repr__(self) -> str:
@@ -104,7 +113,10 @@ class Verification(Mapping):
 
 
 def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verification:
-    """The three identities at `it`'s x, with random probes drawn from `seed`."""
+    """The three identities at `it`'s x, with random probes drawn from `seed`; for a batch of
+    samples, also each sample's own (`Verification.per_sample`). A sample's adjoint identity
+    holds only if A_x is block-diagonal over the samples (no sample's output reads another
+    sample), which is what lets one probe answer a target per sample."""
     rng = np.random.default_rng(seed)
     x = it.x
     wiggle = lambda v: _rounded_otherwise(v, rng)  # noqa: E731
@@ -112,26 +124,50 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
     a, b = 0.7, -1.3
     # one batch of probes: x, z1, z2, a z1 + b z2 and z1 rounded otherwise
     images = it.apply_all(np.stack([x, z1, z2, a * z1 + b * z2, wiggle(z1)]))
-    ax, az1, az2, direct, az1_wiggled = (
-        _flat({n: v[k] for n, v in images.items()}) for k in range(5)
-    )
-    f, c = _flat(it.outputs), _flat(it.biases)
+    probes = {"x": x, "z1": z1, "z2": z2}
+    for k, key in enumerate(("ax", "az1", "az2", "direct", "az1_wiggled")):
+        probes[key] = {n: v[k] for n, v in images.items()}
+    probes["f"], probes["c"] = it.outputs, it.biases
     x_wiggled = wiggle(x)
-    affine = _flat(it.affine_outputs(x))
+    probes["affine"] = it.affine_outputs(x)
+    probes["draws"] = list(
+        zip(it.jittered_outputs(x_wiggled), it.affine_outputs(x_wiggled, jittered=True))
+    )
+    adjoint_error = it.adjoint_unavailable()
+    if adjoint_error is None:  # <A z, w> = <z, A^T w> for random z, w
+        w = {n: rng.standard_normal(v.shape).astype(v.dtype) for n, v in it.outputs.items()}
+        both = {n: np.stack([v, wiggle(v)]) for n, v in w.items()}
+        atw = it.apply_T_all(both)
+        probes["w"], probes["atw"], probes["atw_wiggled"] = w, atw[0], atw[1]
+    measure = lambda sample: _measure(probes, (a, b), sample, tol, adjoint_error)  # noqa: E731
+    whole = measure(None)
+    if it.samples and it.samples > 1:
+        whole.per_sample = [measure(n) for n in range(it.samples)]
+    return whole
+
+
+def _measure(p: dict, ab, sample: int | None, tol: float, adjoint_error) -> Verification:
+    """The errors and noise floors of the identities over everything (`sample` None) or over
+    one sample's part of every tensor (axis 0)."""
+    flat = lambda values: _flat(values, sample)  # noqa: E731
     norm = _norm
+    a, b = ab
+    ax, az1, az2, direct, az1_wiggled = (
+        flat(p[k]) for k in ("ax", "az1", "az2", "direct", "az1_wiggled")
+    )
+    f, c, affine = flat(p["f"]), flat(p["c"]), flat(p["affine"])
     # F's own noise, plus that of A_x x + c_x: the model's tensors rounded otherwise, carried
     # through the frozen map (more than F shows where a frozen gain exceeds the unit's slope);
     # each the worst of the draws
     floor = 0.0
-    for f_draw, a_draw in zip(
-        it.jittered_outputs(x_wiggled), it.affine_outputs(x_wiggled, jittered=True)
-    ):
-        floor = max(floor, norm(_flat(f_draw) - f) + norm(_flat(a_draw) - affine))
+    for f_draw, a_draw in p["draws"]:
+        floor = max(floor, norm(flat(f_draw) - f) + norm(flat(a_draw) - affine))
     size, terms = norm(f), norm(ax) + norm(c)
     errors = {"reconstruction": _ratio(norm(f - (ax + c)), size)}
     noise = {"reconstruction": _ratio(floor, size)}
     conditioning = _ratio(terms, size) if size or terms else 1.0  # 0 = 0 + 0: conditioned
 
+    z1, z2 = flat({"": p["z1"]}), flat({"": p["z2"]})
     combo = a * az1 + b * az2
     scale = max(norm(combo), abs(a) * norm(az1) + abs(b) * norm(az2))
     # A's rounding noise per unit of probe, times the size of the probes combined
@@ -140,18 +176,39 @@ def verify(it: Interpretation, seed: int = 0, tol: float = DEFAULT_TOL) -> Verif
     errors["linearity"] = _ratio(norm(direct - combo), scale)
     noise["linearity"] = _ratio(per_probe * probes, scale)
 
-    adjoint_error = it.adjoint_unavailable()
-    if adjoint_error is None:  # <A z, w> = <z, A^T w> for random z, w
-        w = {n: rng.standard_normal(v.shape).astype(v.dtype) for n, v in it.outputs.items()}
-        both = {n: np.stack([v, wiggle(v)]) for n, v in w.items()}
-        atw, atw_wiggled = (v.ravel().astype(np.float64) for v in it.apply_T_all(both))
-        w_flat, z_flat = _flat(w), z1.ravel().astype(np.float64)
-        gap = abs(float(az1 @ w_flat) - float(z_flat @ atw))
-        scale = max(norm(az1) * norm(w_flat), norm(z_flat) * norm(atw))
-        floor = norm(w_flat) * norm(az1_wiggled - az1) + norm(z_flat) * norm(atw_wiggled - atw)
+    if adjoint_error is None:
+        w_flat = flat(p["w"])
+        atw, atw_wiggled = flat({"": p["atw"]}), flat({"": p["atw_wiggled"]})
+        gap = abs(float(az1 @ w_flat) - float(z1 @ atw))
+        scale = max(norm(az1) * norm(w_flat), norm(z1) * norm(atw))
+        floor = norm(w_flat) * norm(az1_wiggled - az1) + norm(z1) * norm(atw_wiggled - atw)
         errors["adjoint"] = _ratio(gap, scale)
         noise["adjoint"] = _ratio(floor, scale)
     return Verification(errors, noise, float(conditioning), tol, adjoint_error)
+
+
+def sample_leak(it: Interpretation, seed: int = 0) -> float:
+    """How much A_x couples the samples of a batch: the largest over samples n of
+    |⟨(A z)_n, w_n⟩ − ⟨z_n, (Aᵀw)_n⟩| / max(‖(A z)_n‖‖w_n‖, ‖z_n‖‖(Aᵀw)_n‖) for random z, w,
+    which is zero (up to rounding) for every n only if no off-diagonal block is; without an
+    adjoint, ‖A z₀ outside sample 0‖ / ‖A z₀‖ for z₀ random in sample 0 only."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal(it.x.shape).astype(it.x.dtype)
+    if it.adjoint_unavailable() is not None:
+        z[1:] = 0
+        az = it.apply_all(z)
+        rest, total = _flat({n: v[1:] for n, v in az.items()}), _flat(az)
+        return _ratio(_norm(rest), _norm(total))
+    az = it.apply_all(z)
+    w = {n: rng.standard_normal(v.shape).astype(v.dtype) for n, v in it.outputs.items()}
+    atw = it.apply_T_all(w)
+    worst = 0.0
+    for n in range(len(z)):
+        azn, wn = _flat(az, n), _flat(w, n)
+        zn, atwn = z[n].ravel().astype(np.float64), atw[n].ravel().astype(np.float64)
+        scale = max(_norm(azn) * _norm(wn), _norm(zn) * _norm(atwn))
+        worst = max(worst, _ratio(abs(float(azn @ wn) - float(zn @ atwn)), scale))
+    return worst
 
 
 def jittered_model(model: onnx.ModelProto, analysis) -> onnx.ModelProto:
@@ -279,5 +336,7 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else float("inf")
 
 
-def _flat(values: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.ravel(v).astype(np.float64) for v in values.values()])
+def _flat(values: Mapping[str, np.ndarray], sample: int | None = None) -> np.ndarray:
+    """Every value (or each one's part of sample `sample`, axis 0) as one float64 vector."""
+    pick = (lambda v: v) if sample is None else (lambda v: v[sample])  # noqa: E731
+    return np.concatenate([np.ravel(pick(v)).astype(np.float64) for v in values.values()])
