@@ -27,10 +27,24 @@ from .page import MARKER, TOLERANCE, assemble
 from .sections import Report
 
 
-def write_report(
+def write_report(model, image, out_dir, *, other: dict | None = None, **options) -> str:
+    """Write the report of `model` (path or ModelProto) at `image` (a PNG/JPEG or .npy path, or
+    an array; see onnxscope.report.images.load_image) into the folder `out_dir`
+    (created, or replaced atomically if it holds an earlier report) and return the path of its
+    index.html. The model file is only read. The options are build_report's."""
+    from . import figures
+
+    figures.require_matplotlib()
+    sources = _sources(model, image, other)
+    out_dir = REPORT.check(out_dir, sources=sources)  # before any work: a refused folder is cheap
+    files = build_report(model, image, other=other, **options)
+    REPORT.publish(out_dir, files, sources=sources)
+    return os.path.join(out_dir, "index.html")
+
+
+def build_report(
     model,
     image,
-    out_dir,
     *,
     wrt: str | None = None,
     outputs: list[str] | None = None,
@@ -54,11 +68,11 @@ def write_report(
     std=None,
     logits: bool = False,
     progress: bool | None = None,
-) -> str:
-    """Write the report of `model` (path or ModelProto) at `image` (a PNG/JPEG or .npy path, or
-    an array; see onnxscope.report.images.load_image) into the folder `out_dir`
-    (created, or replaced atomically if it holds an earlier report) and return the path of its
-    index.html. The model file is only read.
+) -> dict[str, bytes]:
+    """The files of the report of `model` (path or ModelProto) at `image` (a PNG/JPEG or .npy
+    path, or an array; see onnxscope.report.images.load_image), {name: bytes}: index.html, its
+    figures as PNG files and report.json (write_report publishes them as a folder). The model
+    file is only read.
 
     Options (all keyword-only; None picks the default):
       wrt        the model input to interpret (default: the first float input).
@@ -84,8 +98,6 @@ def write_report(
     from . import figures
 
     figures.require_matplotlib()
-    sources = _sources(model, image, other)
-    out_dir = REPORT.check(out_dir, sources=sources)
     bar = Progress(5, sys.stderr.isatty() if progress is None else progress)
     bar.step("rewriting the model")
     cut = []
@@ -140,9 +152,8 @@ def write_report(
     r.mask_section(scope.artifacts({k: v.shape for k, v in it.inputs.items()}), mask_layer)
     bar.step("writing")
     files = assemble(r, errors)
-    REPORT.publish(out_dir, files, sources=sources)
     bar.done()
-    return os.path.join(out_dir, "index.html")
+    return files
 
 
 def output_kind(shape, layout: str = "NCHW") -> str:
