@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -115,8 +116,11 @@ def run_ray(
             num_cpus=None if address else (os.cpu_count() or 1),
             include_dashboard=False,
             log_to_driver=False,
-            configure_logging=False,
+            logging_level=logging.WARNING,
         )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # onnxscope's own progress line says how far it is
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     records = [
         {"key": i.key, "source": os.path.abspath(i.source), "row": -1 if i.row is None else i.row}
         for i in items

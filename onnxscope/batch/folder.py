@@ -35,6 +35,8 @@ class BatchFolder:
         self.sources, self.settings, self.targets = sources, settings, tuple(targets)
         self.files: list[str] = [INDEX, TABLE]
         self.rows: dict[str, dict] = {}
+        self.order: dict[str, int] = {}  # the inputs' order, kept by the table (engines finish
+        # their batches in any order)
         self._flushed = time.monotonic()
         index = os.path.join(self.out, INDEX)
         if os.path.isfile(index):
@@ -87,7 +89,8 @@ class BatchFolder:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = list(self.rows.values())
+        last = len(self.order)
+        rows = sorted(self.rows.values(), key=lambda r: self.order.get(r["path"], last))
         saved = any("votes_file" in r for r in rows)
         schema = row_schema(self.targets, "file" if saved else None)
         columns = {f.name: [r.get(f.name) for r in rows] for f in schema}

@@ -61,6 +61,7 @@ def run_batch(
     sources = [("input model", model)] + [(f"input '{i.key}'", i.source) for i in items]
     settings = {**spec.settings(), "model_sha256": model_digest(model)}
     folder = BatchFolder(out, settings, spec.targets, sources, restart)
+    folder.order = {item.key: k for k, item in enumerate(items)}
     done = folder.done()
     todo = [i for i in items if i.key not in done]
     extras = {i.key: i.extra for i in items if i.extra}
