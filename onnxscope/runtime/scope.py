@@ -388,13 +388,13 @@ class Interpretation:
         n = sample_count(self.samples)
         pick = lambda v: per_sample_values(v, indices, self.samples).astype(np.float64)  # noqa: E731
         return VoteSplit(
-            votes=votes.reshape(*stack, *self.x.shape),
-            classes=indices.reshape(*stack, n),
+            votes=votes.reshape((*stack, *self.x.shape)),
+            classes=indices.reshape((*stack, n)),
             sums=votes.reshape(len(indices), n, -1)
             .sum(axis=2, dtype=np.float64)
-            .reshape(*stack, n),
-            bias=pick(self.biases[name]).reshape(*stack, n),
-            output=pick(self.outputs[name]).reshape(*stack, n),
+            .reshape((*stack, n)),
+            bias=pick(self.biases[name]).reshape((*stack, n)),
+            output=pick(self.outputs[name]).reshape((*stack, n)),
             scalar=scalar,
         )
 
