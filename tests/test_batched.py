@@ -73,6 +73,7 @@ TORCH_SUBJECTS = ("resnet", "efficientnet", "unet")  # ReLU, SE/SiLU, image to i
 def torch_models(tmp_path_factory):
     pytest.importorskip("torch")
     from onnxscope.converters.pytorch import export
+
     from samples.architectures.torch_models import build
 
     made = {}
