@@ -192,7 +192,7 @@ def test_page_of_a_stack_with_two_targets(dataset, tmp_path):
     assert len(reports) == 2
     rows = pq.read_table(os.path.join(out, "results.parquet")).to_pylist()
     for row in rows:
-        link = f"reports/{page._file_name(row['path'])}/index.html"
+        link = f"reports/{page.file_name(row['path'])}/index.html"
         if link not in reports:
             continue
         with open(os.path.join(out, link.replace("index.html", "report.json"))) as f:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -50,7 +51,6 @@ def run_processes(
     spec: JobSpec, chunks: list[list[Item]], workers: int | None = None, **_
 ) -> Iterator[list[dict]]:
     import concurrent.futures as cf
-    import dataclasses
     import multiprocessing
 
     cores = os.cpu_count() or 1
@@ -126,14 +126,17 @@ def run_ray(
         for i in items
     ]
     cuda = spec.device == "cuda"
-    workers = workers or (1 if cuda else max(1, int(ray.available_resources().get("CPU", 1))))
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    workers = workers or (1 if cuda else cpus)
+    # each actor's ONNX Runtime on its share of the cores (as for the process pool)
+    spec = dataclasses.replace(spec, threads=spec.threads or max(1, cpus // workers))
     ds = ray.data.from_items(records, override_num_blocks=max(1, len(chunks)))
     ds = ds.map_batches(
         _RayWorker,
         fn_constructor_kwargs={"spec": spec},
         batch_size=spec.batch_size,
         batch_format="pyarrow",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_gpus=1 if cuda else 0,
         num_cpus=1,
     )

@@ -74,7 +74,7 @@ class BatchFolder:
             if isinstance(maps, bytes):
                 maps = np.load(io.BytesIO(maps), allow_pickle=False)
             if maps is not None:
-                name = f"votes/{_file_name(row['path'])}.npy"
+                name = f"votes/{file_name(row['path'])}.npy"
                 self._listed(name)
                 buffer = io.BytesIO()
                 np.save(buffer, maps)
@@ -145,7 +145,7 @@ def model_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _file_name(key: str) -> str:
+def file_name(key: str) -> str:
     """A file name for an input's key: its base name, made safe, and a hash of the whole key."""
     base = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(key))[:48]
     return f"{base}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"

@@ -23,7 +23,7 @@ from ..errors import OnnxscopeError
 from ..report import build_report, figures
 from ..report.images import display_image, infer_layout, to_hwc
 from ..report.page import TOLERANCE
-from .folder import _file_name
+from .folder import file_name
 from .inputs import load_item
 from .job import CHECKS, BatchJob, column_names
 
@@ -174,7 +174,7 @@ def _shown_section(folder, spec, shown, files, links) -> str:
     columns = column_names(spec.targets)
     parts = []
     for row, item, which in shown:
-        name = _file_name(row["path"])
+        name = file_name(row["path"])
         share = row[columns[spec.targets[0]][4]]
         body = f"<h3>{_esc(row['path'])}: bias share {share:.3f} ({which} bias-reliant)</h3>"
         try:  # read again: a row of an earlier run may have lost its file since

@@ -46,9 +46,11 @@ def run_batch(
 ) -> BatchSummary:
     """Interpret every input named by `inputs` (onnxscope.batch.inputs) with `model` and keep a
     row per input in `out`/results.parquet, then write `out`/index.html (`page`), with per-input
-    reports of the `reports` most and least bias-reliant inputs. Inputs already in `out` from an
-    earlier run with the same settings are skipped. `job_options`: the JobSpec fields (targets,
-    labels, conventions, resize, logits, device, threads, verify, save_votes, batch_size)."""
+    reports of the `reports` most and least bias-reliant inputs. `progress`: None a bar on a
+    terminal and a line every 10 s otherwise, True the bar, False nothing. Inputs already in
+    `out` from an earlier run with the same settings are skipped. `job_options`: the JobSpec
+    fields (targets, labels, conventions, resize, logits, device, threads, verify, save_votes,
+    batch_size)."""
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}.")
     model = os.fspath(model)
@@ -65,7 +67,9 @@ def run_batch(
     done = folder.done()
     todo = [i for i in items if i.key not in done]
     extras = {i.key: i.extra for i in items if i.extra}
-    bar = Progress(len(todo), sys.stderr.isatty() if progress is None else progress)
+    bar = Progress(
+        len(todo), sys.stderr.isatty() if progress is None else progress, quiet=progress is False
+    )
     start = time.monotonic()
     chunks = [todo[k : k + spec.batch_size] for k in range(0, len(todo), spec.batch_size)]
     runner = RUNNERS[engine]
@@ -104,8 +108,9 @@ class Progress:
 
     LINE_SECONDS = 10.0
 
-    def __init__(self, total: int, terminal: bool, stream=None):
+    def __init__(self, total: int, terminal: bool, stream=None, quiet: bool = False):
         self.total, self.terminal, self.stream = total, terminal, stream or sys.stderr
+        self.quiet = quiet  # nothing at all (progress=False)
         self.count = self.failed = 0
         self.start = self.last = time.monotonic()
 
@@ -113,6 +118,8 @@ class Progress:
         self.count += count
         self.failed += failed
         now = time.monotonic()
+        if self.quiet:
+            return
         if self.terminal:
             self.stream.write("\r" + self._line(now, bar=True))
             self.stream.flush()
@@ -122,7 +129,7 @@ class Progress:
             self.last = now
 
     def close(self) -> None:
-        if self.total:
+        if self.total and not self.quiet:
             end = "\n" if self.terminal else ""
             self.stream.write(("\r" if self.terminal else "") + self._line(time.monotonic()) + end)
             if not self.terminal:

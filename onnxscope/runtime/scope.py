@@ -366,7 +366,8 @@ class Interpretation:
         like x: each sample's part holds its own target's votes (targets: an int, one per sample,
         'top', a label; onnxscope.runtime.targets). votes(k)[n].sum() + bias[n, k] equals
         output[n, k]. One adjoint probe answers a target per sample."""
-        return self.vote_split(target, output, "votes").votes
+        _, stack, _, votes = self._vote_maps(target, output, "votes")
+        return votes.reshape((*stack, *self.x.shape))
 
     def bias_share(self, target, output: str | None = None) -> dict:
         """How much of output k comes from the bias: |c_k| / (|Σ votes| + |c_k|), with the parts
@@ -378,25 +379,29 @@ class Interpretation:
         """`votes` and `bias_share` from the same probe: a VoteSplit with the vote maps, the
         targets read, and each target's output = Σ votes + bias with the bias share."""
         name = self._output_name(output)
-        self._require_independent_samples()
-        labels = self.scope.labels
-        indices, stack, scalar = resolve_targets(
-            target, self.samples, self.outputs[name], labels, what
-        )
-        probes = one_hots(indices, self.outputs[name].shape, self.samples, self.outputs[name].dtype)
-        votes = self.x * self.apply_T_all({name: probes})  # [P, *x]
+        indices, stack, scalar, votes = self._vote_maps(target, name, what)
         n = sample_count(self.samples)
         pick = lambda v: per_sample_values(v, indices, self.samples).astype(np.float64)  # noqa: E731
+        sums = votes.reshape(len(indices), n, -1).sum(axis=2, dtype=np.float64)
         return VoteSplit(
             votes=votes.reshape((*stack, *self.x.shape)),
             classes=indices.reshape((*stack, n)),
-            sums=votes.reshape(len(indices), n, -1)
-            .sum(axis=2, dtype=np.float64)
-            .reshape((*stack, n)),
+            sums=sums.reshape((*stack, n)),
             bias=pick(self.biases[name]).reshape((*stack, n)),
             output=pick(self.outputs[name]).reshape((*stack, n)),
             scalar=scalar,
         )
+
+    def _vote_maps(self, target, output, what):
+        """(indices [P, N], stack shape, scalar, votes [P, *x]) of the targets: x ⊙ A_xᵀ of
+        their one-hots, one probe per target of every sample."""
+        name = self._output_name(output)
+        self._require_independent_samples()
+        indices, stack, scalar = resolve_targets(
+            target, self.samples, self.outputs[name], self.scope.labels, what
+        )
+        probes = one_hots(indices, self.outputs[name].shape, self.samples, self.outputs[name].dtype)
+        return indices, stack, scalar, self.x * self.apply_T_all({name: probes})
 
     def as_linear_operator(self, output: str | None = None, input_region=None, output_region=None):
         """A_x as a scipy.sparse.linalg.LinearOperator (matvec: linear graph, rmatvec: adjoint),
@@ -413,17 +418,21 @@ class Interpretation:
             raise InputError(f"svd(k): k must be a positive integer, not {k!r}.")
         return svd(self, int(k), self._output_name(output), region)
 
-    def verify(self, seed: int = 0, tol: float | None = None):
+    def verify(self, seed: int = 0, tol: float | None = None, noise: str = "always"):
         """The exactness checks at x (reconstruction, linearity, adjoint), each with the float
         noise floor measured in the same run: a `Verification`, a mapping from check to its
         relative error, with `.ok`, `.noise`, `.conditioning` and `.passed(name)`; with samples,
-        `.per_sample` holds one Verification per sample and `.ok` needs every one. The measures
-        are explained in onnxscope/runtime/verify.py and the README."""
+        `.per_sample` holds one Verification per sample and `.ok` needs every one.
+        noise="needed" measures the reconstruction's noise floor only where its error exceeds
+        tol (the same verdicts, in a fraction of the time; the floor is NaN elsewhere). The
+        measures are explained in onnxscope/runtime/verify.py and the README."""
         from .verify import DEFAULT_TOL, verify
 
         if not _is_int(seed) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, not {seed!r}.")
-        return verify(self, seed, DEFAULT_TOL if tol is None else tol)
+        if noise not in ("always", "needed"):
+            raise InputError(f"noise must be 'always' or 'needed', not {noise!r}.")
+        return verify(self, seed, DEFAULT_TOL if tol is None else tol, noise)
 
     # -- plumbing ------------------------------------------------------------------------------
     def _require_independent_samples(self) -> None:
