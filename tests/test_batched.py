@@ -204,3 +204,36 @@ def test_a_model_that_mixes_its_samples_is_refused_and_fails_verify():
     whole = onnxscope.LinearScope(model, batch_axis=None).interpret(_batch((1, 3, 2, 2)))
     assert whole.samples is None and whole.verify().ok
     assert whole.votes(7).shape == (N, 3, 2, 2)
+
+
+def test_verify_measuring_floors_only_where_needed_gives_the_same_verdicts():
+    it = onnxscope.LinearScope(_classifier()).interpret(_batch((1, 3, 8, 8)))
+    full, quick = it.verify(), it.verify(noise="needed")
+    assert dict(full) == dict(quick) and full.ok == quick.ok
+    assert np.isnan(quick.noise["reconstruction"]) and quick.bound("reconstruction") == quick.tol
+    assert [dict(v) for v in full.per_sample] == [dict(v) for v in quick.per_sample]
+
+
+def test_cli_votes_on_a_batch_reads_each_sample(tmp_path, capsys):
+    """The symptom of the issue: `votes --input x=batch2.npy` read flat index 17 as a class."""
+    import onnx
+
+    from onnxscope.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(_classifier(), model)
+    X = _batch((1, 3, 8, 8))[:2]
+    np.save(tmp_path / "batch2.npy", X)
+    out = tmp_path / "v.npy"
+    assert (
+        main(["votes", str(model), "--input", f"x={tmp_path / 'batch2.npy'}", "-o", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    it = onnxscope.LinearScope(str(model)).interpret(X)
+    tops = np.argmax(it.output, axis=1)
+    for n in range(2):
+        assert f"{n}       {tops[n]}" in printed  # the sample and its own top class
+    close(np.load(out)[0], it.votes("top"), "saved maps")
+    for n in range(2):
+        single = onnxscope.LinearScope(str(model)).interpret(X[n : n + 1])
+        close(np.load(out)[0, n], single.votes(int(tops[n]))[0], "per sample")
