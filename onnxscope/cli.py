@@ -84,6 +84,17 @@ def _ints(form: str):
     return parse
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got '{text}'")
+    return value
+
+
 NPY_HELP = "the .npy file to write [n, *x.shape] (.npy is appended if missing)"
 
 

@@ -10,7 +10,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    from ..cli import add_image_options
+    from ..cli import add_image_options, positive_int
     from .engines import ENGINES
 
     sp = sub.add_parser(
@@ -50,12 +50,12 @@ def add_parser(sub) -> None:
     add_image_options(sp)
     arg("--no-resize", action="store_true", help="fail inputs whose size is not the model's")
     arg("--path-column", default="path", help="the table's column of paths ('path')")
-    arg("--batch-size", type=_positive, default=16, help="inputs per run of the model (16)")
+    arg("--batch-size", type=positive_int, default=16, help="inputs per run of the model (16)")
     arg("--engine", choices=ENGINES, default="local", help="where to run (local: this process)")
-    arg("--workers", type=_positive, help="processes or Ray actors (default: one per core)")
+    arg("--workers", type=positive_int, help="processes or Ray actors (default: one per core)")
     arg("--address", help="Ray cluster address (--engine ray; default: a local Ray)")
     arg("--device", default="cpu", choices=["cpu", "cuda"], help="where the sessions run")
-    arg("--threads", type=_positive, help="ONNX Runtime intra-op threads (default: all cores)")
+    arg("--threads", type=positive_int, help="ONNX Runtime intra-op threads (default: all cores)")
     arg(
         "--save",
         action="append",
@@ -79,16 +79,6 @@ def add_parser(sub) -> None:
         help="progress bar (default: when stderr is a terminal; else a line every 10 s)",
     )
     sp.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got '{text}'")
-    return value
 
 
 def run(args) -> int:

@@ -19,19 +19,8 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got '{text}'")
-    return value
-
-
 def add_parser(sub) -> None:
+    from ..cli import positive_int
     from .models import add_model_arguments
 
     sp = sub.add_parser(
@@ -47,10 +36,10 @@ def add_parser(sub) -> None:
     arg("--grpc-port", type=_port, default=8001, help="gRPC port (8001; 0: any free one)")
     arg("--no-grpc", action="store_true", help="serve REST only")
     arg("--device", default="cpu", choices=["cpu", "cuda"], help="where the sessions run")
-    arg("--max-batch", type=_positive, default=64, help="largest K (probes, classes) (64)")
+    arg("--max-batch", type=positive_int, default=64, help="largest K (probes, classes) (64)")
     arg(
         "--max-request-bytes",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="largest request body (64 MiB); larger: HTTP 413, gRPC RESOURCE_EXHAUSTED",
     )
@@ -59,7 +48,7 @@ def add_parser(sub) -> None:
         help="file holding the API key: requests need 'Authorization: Bearer KEY' (health checks "
         "stay open)",
     )
-    arg("--threads", type=_positive, help="ONNX Runtime intra-op threads per session")
+    arg("--threads", type=positive_int, help="ONNX Runtime intra-op threads per session")
     add_model_arguments(sp)
     sp.set_defaults(func=run)
 
