@@ -55,7 +55,7 @@ def _arg(parse):
 
 
 _shape_arg = _arg(input_shape)  # NAME=1x3x224x224
-_input_arg = _arg(lambda text: assignment(text, "NAME=FILE.npy"))
+_input_arg = _arg(lambda text: assignment(text, "NAME=FILE") if "=" in text else (None, text))
 _other_arg = _arg(lambda text: assignment(text, "NAME=VALUE or NAME=FILE.npy"))
 
 
@@ -95,7 +95,23 @@ def positive_int(text: str) -> int:
     return value
 
 
-NPY_HELP = "the .npy file to write [n, *x.shape] (.npy is appended if missing)"
+def _ints_any(text: str) -> tuple[int, ...]:
+    """Comma-separated integers of any count (a position: Y,X or C,Y,X or N,C,Y,X)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers such as Y,X or C,Y,X, got '{text}'"
+        ) from None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxscope")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
+    p.add_argument("--version", action="version", version=f"onnxscope {_version()}")
+
     def common(sp, optional_model=False):
         sp.add_argument(
             "model",
@@ -114,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
         add_input_shape_option(sp, "fix the shape of an input")
-        sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        sp.add_argument(
+            "--device", default="cpu", choices=["cpu", "cuda"], help="where ONNX Runtime runs"
+        )
+        sp.add_argument(
+            "--logits",
+            action="store_true",
+            help="read outputs computed by a Softmax or LogSoftmax through their logits",
+        )
 
     sp = sub.add_parser("inspect", help="list the nonlinear units, gates and unsupported nodes")
     common(sp, optional_model=True)
@@ -125,7 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: every ONNX op and how onnxscope handles it (the coverage ledger)",
     )
 
-    sp = sub.add_parser("rewrite", help="write mask.onnx, linear.onnx, bias.onnx and a manifest")
+    sp = sub.add_parser(
+        "rewrite",
+        help="write the rewritten graphs and their manifest",
+        description="Write, as one set into the folder -o: mask.onnx (the model with every "
+        "decision as an output), linear.onnx (A_x z), bias.onnx (c_x), adjoint.onnx (A_x^T w, "
+        "where the model has one), the reading graphs votes.onnx, rows.onnx, columns.onnx and "
+        "scope.onnx (each a plain ONNX model for a server; --readings picks some), and "
+        "manifest.json (what each file holds, the masks, the inputs and outputs).",
+    )
     common(sp)
     sp.add_argument(
         "-o",
@@ -149,10 +182,39 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             type=_input_arg,
             default=[],
-            metavar="NAME=FILE.npy",
-            help="an input value (random when not given)",
+            metavar="[NAME=]FILE",
+            help="an input's value: a .npy/.npz, or an image made into the input with the image "
+            "options below (NAME may be left out for the interpreted input); random when not "
+            "given, which is said on stderr",
         )
         sp.add_argument("--seed", type=_seed_arg, default=0, help="seed of the random input (0)")
+        add_image_options(sp, logits=False)
+
+    def output_file(sp, what: str):
+        sp.add_argument(
+            "-o",
+            "--output",
+            dest="out",
+            required=True,
+            help=f"the .npy file to write: {what} (.npy is appended if missing)",
+        )
+        sp.add_argument("--output-name", help="which model output (default: the only one)")
+
+    def positions(sp, of: str):
+        sp.add_argument(
+            "--index",
+            type=int,
+            action="append",
+            help=f"{of} position as a flat index into one sample's {of} (repeat for several)",
+        )
+        sp.add_argument(
+            "--at",
+            type=_ints_any,
+            action="append",
+            metavar="Y,X|C,Y,X",
+            help=f"{of} position in the tensor's coordinates: Y,X of a one-channel map, C,Y,X, "
+            "N,C,Y,X at batch 1 (repeat for several)",
+        )
 
     sp = sub.add_parser("verify", help="check reconstruction, linearity and the adjoint")
     common(sp)
@@ -171,15 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("rows", help="write rows A_x^T e_i (what output element i looks at)")
     common(sp)
     inputs(sp)
-    sp.add_argument(
-        "--index",
-        type=int,
-        action="append",
-        required=True,
-        help="output position, a flat index into one sample's output (repeat for several)",
-    )
-    sp.add_argument("--output-name", help="which model output (default: the only one)")
-    sp.add_argument("-o", "--out", required=True, help=NPY_HELP)
+    positions(sp, "output")
+    output_file(sp, "the rows, [K, *input]")
+
+    sp = sub.add_parser("columns", help="write columns A_x e_j (where input element j goes)")
+    common(sp)
+    inputs(sp)
+    positions(sp, "input")
+    output_file(sp, "the columns, [K, *output]")
 
     sp = sub.add_parser("votes", help="write pixel-wise votes x ⊙ A_x^T e_k of classes")
     common(sp)
@@ -189,11 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="classes",
         type=_target_arg,
         action="append",
-        help="class to explain: its index in one sample's output, or 'top' (each sample's "
-        "largest; the default); repeat for several",
+        metavar="K|LABEL|top",
+        help="class to explain: its index in one sample's output, a label (--labels), or 'top' "
+        "(each sample's largest; the default); repeat for several",
     )
-    sp.add_argument("--output-name", help="which model output (default: the only one)")
-    sp.add_argument("-o", "--out", required=True, help=NPY_HELP)
+    output_file(sp, "the vote maps, [classes, *input]")
+
+    sp = sub.add_parser("bias", help="write the bias image c_x (the part of F(x) no input moves)")
+    common(sp)
+    inputs(sp)
+    output_file(sp, "c_x, shaped like the output")
 
     _add_report_parser(sub)
     from .converters.convert import add_parser as add_convert_parser  # `convert`: converters/
@@ -247,9 +313,10 @@ def _add_report_parser(sub) -> None:
     add_image_options(sp)
 
 
-def add_image_options(sp) -> None:
+def add_image_options(sp, logits: bool = True) -> None:
     """How an image file becomes the model input (onnxscope.report.images), and how its output
-    is read (--labels, --logits): the options `report` and `batch` share."""
+    is read (--labels, and --logits unless the parser has it already): the options every
+    command that reads an image shares."""
     arg = sp.add_argument
     arg("--labels", type=lambda t: t.split(","), help="class names: a,b,c")
     arg("--layout", choices=["NCHW", "NHWC"], help="default: from the input shape")
@@ -263,7 +330,12 @@ def add_image_options(sp) -> None:
     arg("--scale", help="pixel scale, e.g. 1/255 (default for 8-bit images) or 1")
     arg("--mean", help="subtracted after scaling: one value or one per channel")
     arg("--std", help="divided by after the mean: one value or one per channel")
-    arg("--logits", action="store_true", help="interpret the logits under Softmax outputs")
+    if logits:
+        arg(
+            "--logits",
+            action="store_true",
+            help="read outputs computed by a Softmax or LogSoftmax through their logits",
+        )
 
 
 IMAGE_CONVENTIONS = ("layout", "color", "size", "scale", "mean", "std")
@@ -295,9 +367,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _scope(args):
+    """The LinearScope of the command's model (--wrt, --device, --logits, --labels), saying on
+    stderr which outputs --logits cut, or that there was none."""
+    import warnings
+
     from .runtime.scope import LinearScope
 
-    return LinearScope(args.model, wrt=args.wrt, providers=args.device)
+    logits = getattr(args, "logits", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scope = LinearScope(
+            args.model,
+            wrt=args.wrt,
+            providers=args.device,
+            labels=getattr(args, "labels", None),
+            logits=logits,
+        )
+    for warning in caught:
+        print(f"onnxscope: notice: {warning.message}", file=sys.stderr)
+    if scope.cut:
+        renamed = ", ".join(f"'{n}' -> '{n}_logits'" for n in scope.cut)
+        print(f"onnxscope: notice: reading the logits of {renamed}", file=sys.stderr)
+    return scope
 
 
 def cmd_inspect(args) -> int:
@@ -382,20 +473,47 @@ def cmd_rewrite(args) -> int:
 
 
 def _interpret(args):
-    """The scope and its interpretation at the --input values (random ones where not given)."""
+    """The scope and its interpretation at the --input values (random ones where not given,
+    said on stderr). A file is a .npy/.npz array, or an image made into the input as `report`
+    makes it (the image options); --input FILE without NAME is the interpreted input."""
     from .graph.model import graph_inputs, input_feeds, input_spec, resolve_input_shapes
 
     scope = _scope(args)
-    given = {name: load_array(path, name) for name, path in args.input}
+    specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
+    given = {}
+    for name, path in args.input:
+        name = name or scope.wrt
+        if name not in specs:
+            raise InputError(f"Unknown input '{name}'; the model's inputs are {list(specs)}.")
+        given[name] = _input_value(args, name, path, specs[name])
     shapes = dict(args.input_shape)
     shapes.update({k: v.shape for k, v in given.items()})
     if scope.wrt in given and scope._exported_at_batch_1(given[scope.wrt].shape):
         shapes[scope.wrt] = (1, *given[scope.wrt].shape[1:])  # read one sample at a time
     shapes = resolve_input_shapes(scope.model, shapes)
-    specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
     fed = input_feeds(specs, given, shapes, seed=args.seed)
+    random = {name: value for name, value in fed.items() if name not in given}
     x = fed.pop(scope.wrt)
-    return scope, scope.interpret(x, **fed)
+    it = scope.interpret(x, **fed)
+    for name, value in random.items():  # said once the model took them
+        kind = "N(0, 1)" if np.issubdtype(value.dtype, np.floating) else "of zeros"
+        print(
+            f"onnxscope: notice: no --input for '{name}': a random input {kind} "
+            f"{list(value.shape)} (seed {args.seed}) was used",
+            file=sys.stderr,
+        )
+    return scope, it
+
+
+def _input_value(args, name: str, path: str, spec) -> np.ndarray:
+    """--input NAME=FILE: a .npy/.npz as it is, else an image (report's conventions)."""
+    if path.lower().endswith((".npy", ".npz")):
+        return load_array(path, name)
+    from .report.images import load_image
+
+    conventions = {k: getattr(args, k) for k in IMAGE_CONVENTIONS if getattr(args, k) is not None}
+    x, _ = load_image(path, spec[0], dtype=spec[1], **conventions)
+    return x
 
 
 def cmd_verify(args) -> int:
@@ -433,23 +551,54 @@ def cmd_verify(args) -> int:
 def _sources(args) -> list[tuple[str, str]]:
     """The files a command reads, never to be written: the model and every --input file."""
     return [("input model", args.model)] + [
-        (f"--input file of '{name}'", path) for name, path in getattr(args, "input", [])
+        (f"--input file of '{name or 'the input'}'", path)
+        for name, path in getattr(args, "input", [])
     ]
+
+
+def _positions(args) -> list:
+    """--index (flat) and --at (coordinates) positions, in the order given."""
+    found = list(args.index or []) + [tuple(p) for p in args.at or []]
+    if not found:
+        raise InputError("Give at least one position: --index I (flat) or --at Y,X / C,Y,X.")
+    return found
 
 
 def cmd_rows(args) -> int:
     _out_file(args)  # before the work, not only after
     _, it = _interpret(args)
-    rows = it.rows(args.index, args.output_name)
+    rows = it.rows(_positions(args), args.output_name)
     out = _save_npy(args, rows)
     print(f"Wrote {len(rows)} row(s) {tuple(rows.shape[1:])} to {out}.")
+    return EXIT_OK
+
+
+def cmd_columns(args) -> int:
+    _out_file(args)
+    _, it = _interpret(args)
+    name = it._output_name(args.output_name)
+    columns = it.columns(_positions(args))
+    columns = columns[name] if isinstance(columns, dict) else columns
+    out = _save_npy(args, columns)
+    print(f"Wrote {len(columns)} column(s) {tuple(columns.shape[1:])} of '{name}' to {out}.")
+    return EXIT_OK
+
+
+def cmd_bias(args) -> int:
+    _out_file(args)
+    _, it = _interpret(args)
+    name = it._output_name(args.output_name)
+    bias, output = it.biases[name], it.outputs[name]
+    out = _save_npy(args, bias)
+    ratio = np.linalg.norm(bias) / max(float(np.linalg.norm(output)), 1e-300)
+    print(f"Wrote c_x of '{name}' {tuple(bias.shape)} to {out} (‖c_x‖ / ‖F(x)‖ = {ratio:.3g}).")
     return EXIT_OK
 
 
 def cmd_votes(args) -> int:
     _out_file(args)  # before the work, not only after
     _, it = _interpret(args)
-    name = args.output_name or it._single_name()
+    name = it._output_name(args.output_name)
     targets = args.classes or ["top"]
     splits = [it.vote_split(t, name) for t in targets]
     maps = np.stack([split.votes for split in splits])  # [targets, *x]
@@ -470,13 +619,11 @@ def cmd_votes(args) -> int:
 
 
 def _target_arg(text: str):
-    """--class: a class index or 'top' (each sample's largest output)."""
-    if text == "top":
-        return text
+    """--class: a class index, 'top' (each sample's largest output) or a label (--labels)."""
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a class index or 'top', got '{text}'") from None
+        return text
 
 
 def _out_file(args) -> str:
@@ -522,7 +669,9 @@ COMMANDS = {
     "rewrite": cmd_rewrite,
     "verify": cmd_verify,
     "rows": cmd_rows,
+    "columns": cmd_columns,
     "votes": cmd_votes,
+    "bias": cmd_bias,
     "report": cmd_report,
     "convert": cmd_convert,
 }

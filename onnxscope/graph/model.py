@@ -469,16 +469,17 @@ def subgraph_reads(node: onnx.NodeProto, names: set[str]) -> bool:
 
 
 def softmax_outputs_to_logits(source) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of the model in which every graph output computed by a Softmax is replaced by the
-    logits under it (renamed NAME_logits), with the names of the outputs cut. Votes are read on
-    logits: logit_k = Σ votes_k + c_x[k]; a Softmax's secant gains would mix the classes."""
+    """A copy of the model in which every graph output computed by a Softmax or LogSoftmax is
+    replaced by the logits under it (renamed NAME_logits), with the names of the outputs cut.
+    Votes are read on logits: logit_k = Σ votes_k + c_x[k]; a Softmax's secant gains would mix
+    the classes."""
     model = onnx.ModelProto()
     model.CopyFrom(load_model(source))
     producers = {o: n for n in model.graph.node for o in n.output}
     cut = []
     for out in model.graph.output:
         node = producers.get(out.name)
-        if node is not None and node.op_type == "Softmax":
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
             cut.append(out.name)
             node.op_type, out.name = "Identity", f"{out.name}_logits"
             del node.attribute[:]

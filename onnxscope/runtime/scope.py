@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -141,6 +142,7 @@ class LinearScope:
         threads: int | None = None,
         labels: Sequence[str] | None = None,
         batch_axis: int | str | None = "auto",
+        logits: bool = False,
     ):
         """`providers`: "cpu", "cuda" or an ONNX Runtime provider list (default
         $ONNXSCOPE_DEVICE, else the CPU). `probe_batch`: probes per run of the linear and adjoint
@@ -148,7 +150,9 @@ class LinearScope:
         ONNX Runtime intra-op threads (default: one per core). `labels`: class names of the
         output, so that targets may be named. `batch_axis`: "auto" (axis 0 of the interpreted
         input is the batch axis where the model declares it free or 1 and every output carries
-        it), 0 (axis 0 whatever its declared size), or None (x is always one input)."""
+        it), 0 (axis 0 whatever its declared size), or None (x is always one input). `logits`:
+        read each output computed by a Softmax or LogSoftmax through the logits under it (the
+        outputs renamed NAME_logits; `cut` lists the outputs cut), as the paper reads votes."""
         require_ort()
         if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
             raise InputError(
@@ -159,6 +163,17 @@ class LinearScope:
             raise InputError(
                 f"probe_batch must be a positive integer or 'auto', not {probe_batch!r}."
             )
+        self.cut: list[str] = []
+        if logits:
+            from ..graph.model import softmax_outputs_to_logits
+
+            model, self.cut = softmax_outputs_to_logits(model)
+            if not self.cut:
+                warnings.warn(
+                    "logits=True: the model has no output computed by a Softmax or LogSoftmax; "
+                    "its outputs are read as they are.",
+                    stacklevel=2,
+                )
         # a model with large weights comes as its light model (stubs in their place), the
         # weights held once by the store this scope keeps (onnxscope.graph.weights)
         self.model, self._weights = load_light(model)
@@ -344,20 +359,20 @@ class Interpretation:
 
     # -- readings ------------------------------------------------------------------------------
     def rows(self, idx, output: str | None = None) -> np.ndarray:
-        """A_x^T e_i for flat output positions i (per sample, onnxscope.runtime.targets): what
-        each output element looks at, a stack [K, *x]."""
+        """A_x^T e_i for output positions i (flat indices, or tuples of coordinates such as
+        (c, y, x); per sample, onnxscope.runtime.targets): what each output element looks at, a
+        stack [K, *x]."""
         name = self._output_name(output)
         shape = self.outputs[name].shape
-        size = int(np.prod(shape)) // sample_count(self.samples)
-        where = resolve_positions(idx, self.samples, size, "Row")
+        where = resolve_positions(idx, self.samples, shape, "Row")
         self._require_independent_samples()
         probes = one_hots(where, shape, self.samples, self.outputs[name].dtype)
         return self.apply_T_all({name: probes})
 
     def columns(self, idx) -> np.ndarray | dict[str, np.ndarray]:
-        """A_x e_j for flat input positions j (per sample): a stack [K, *output] per output."""
-        size = self.x.size // sample_count(self.samples)
-        where = resolve_positions(idx, self.samples, size, "Column")
+        """A_x e_j for input positions j (flat, or tuples of coordinates; per sample): a stack
+        [K, *output] per output."""
+        where = resolve_positions(idx, self.samples, self.x.shape, "Column")
         self._require_independent_samples()
         return self.apply(one_hots(where, self.x.shape, self.samples, self.x.dtype))
 
@@ -484,6 +499,8 @@ class Interpretation:
         """`output` checked against the model's outputs; the only one when None."""
         if output is None:
             return self._single_name()
+        if output not in self.outputs and output in self.scope.cut:  # logits=True renamed it
+            output = f"{output}_logits"
         if output not in self.outputs:
             raise InputError(
                 f"Unknown output {output!r}; the model's outputs are {self.output_names}."

@@ -15,6 +15,11 @@ Targets (votes, bias_share), for N samples:
 At batch 1 (or without a sample axis) the sample axis may be left out: [k_0, ..., k_K-1] is a
 stack of K targets. Positions (rows, columns): k or [k_0, ..., k_K-1] are the same K positions in
 every sample, [[...], ...] an array [K, N] one per sample; the result is always a stack [K, ...].
+
+Anywhere a flat index goes, a Python tuple is a position in the tensor's own coordinates, the same
+in every sample: (y, x) of a one-channel map, (c, y, x), (n, c, y, x) at batch 1, (k,) of a
+vector; a tuple shorter than the tensor's rank names its last axes, and the axes it leaves out
+must have size 1 (else it is ambiguous, and refused). A list of tuples is a stack of positions.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import numpy as np
 from ..errors import InputError
 
 TARGET_FORMS = (
-    "an int (the same element in every sample), 'top', a class label, a sequence of one int per "
-    "sample, or an array [K, samples] for K targets per sample"
+    "an int (the same element in every sample), a tuple of coordinates, 'top', a class label, a "
+    "sequence of one int per sample, or an array [K, samples] for K targets per sample"
 )
 POSITION_FORMS = (
-    "an int or a sequence of ints (the same flat positions in every sample), or an array "
-    "[K, samples] of one position per sample"
+    "an int or a tuple of coordinates ((y, x), (c, y, x), ...), a list of them (the same "
+    "positions in every sample), or an array [K, samples] of one flat position per sample"
 )
 
 
@@ -63,6 +68,7 @@ def resolve_targets(target, samples: int | None, outputs: np.ndarray, labels, wh
     plain numbers: a single target at one sample) for `votes`/`bias_share`."""
     n = sample_count(samples)
     size = outputs.size // n
+    target = _coordinates(target, outputs.shape, samples, what)
     if isinstance(target, str):
         if target == "top":
             top = np.argmax(outputs.reshape(n, size), axis=1)
@@ -87,10 +93,12 @@ def resolve_targets(target, samples: int | None, outputs: np.ndarray, labels, wh
     return _in_range(indices, size, what), tuple(stack), scalar
 
 
-def resolve_positions(idx, samples: int | None, size: int, what: str) -> np.ndarray:
-    """[K, N] flat per-sample indices for `rows`/`columns` (`size`: one sample's elements)."""
+def resolve_positions(idx, samples: int | None, shape, what: str) -> np.ndarray:
+    """[K, N] flat per-sample indices for `rows`/`columns` into a tensor of `shape` (the whole
+    tensor, its samples along axis 0 when `samples`)."""
+    size = int(np.prod(shape)) // sample_count(samples)
     n = sample_count(samples)
-    array = _integers(idx, what, POSITION_FORMS)
+    array = _integers(_coordinates(idx, shape, samples, what), what, POSITION_FORMS)
     if array.ndim <= 1:
         array = np.broadcast_to(np.atleast_1d(array)[:, None], (array.size, n))
     elif array.ndim != 2 or array.shape[1] != n:
@@ -98,6 +106,56 @@ def resolve_positions(idx, samples: int | None, size: int, what: str) -> np.ndar
             f"{what}: positions shaped {array.shape} for {n} samples; give {POSITION_FORMS}."
         )
     return _in_range(array, size, what)
+
+
+def _coordinates(value, shape, samples: int | None, what: str):
+    """`value` with each tuple (a position in the tensor's coordinates) as its flat index within
+    one sample; anything else as it is."""
+    if isinstance(value, tuple):
+        return _flat_position(value, shape, samples, what)
+    if isinstance(value, list) and value and any(isinstance(v, tuple) for v in value):
+        if not all(isinstance(v, (tuple, int, np.integer)) for v in value):
+            raise InputError(
+                f"{what}: {value!r} mixes tuples (coordinates) with lists; give a list of tuples "
+                "and flat indices, or an array [K, samples]."
+            )
+        return [
+            _flat_position(v, shape, samples, what) if isinstance(v, tuple) else v for v in value
+        ]
+    return value
+
+
+def _flat_position(position: tuple, shape, samples: int | None, what: str) -> int:
+    """The flat index within one sample of `position`, coordinates of the sample's last axes."""
+    axes = tuple(shape[1:]) if samples else tuple(shape)
+    given = position
+    if samples == 1 and len(position) == len(axes) + 1:  # (n, c, y, x) at batch 1
+        if position[0] not in (0, -1):
+            raise InputError(f"{what}: {position} names sample {position[0]}; there is one.")
+        position = position[1:]
+    if samples and samples > 1 and len(position) == len(axes) + 1:
+        raise InputError(
+            f"{what}: {position} names a sample; readings of a batch are per sample: give the "
+            f"position within a sample {axes}."
+        )
+    if not position or len(position) > len(axes):
+        raise InputError(
+            f"{what}: the position {position} has {len(position)} coordinate(s) for a tensor "
+            f"of shape {axes}{' per sample' if samples else ''}."
+        )
+    if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in position):
+        raise InputError(f"{what}: coordinates must be integers, got {position!r}.")
+    left = axes[: len(axes) - len(position)]
+    if any(d != 1 for d in left):
+        raise InputError(
+            f"{what}: the position {position} leaves out axes of size {left} of the shape "
+            f"{axes}; give all {len(axes)} coordinates (or those of the axes larger than 1)."
+        )
+    named = axes[len(axes) - len(position) :]
+    for c, d in zip(position, named):
+        if not -d <= c < d:
+            raise InputError(f"{what}: the position {given} is outside the shape {tuple(shape)}.")
+    return int(np.ravel_multi_index(tuple(int(c) % d for c, d in zip(position, named)), named))
 
 
 def _leaves(value):
