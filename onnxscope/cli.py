@@ -294,7 +294,7 @@ def _add_report_parser(sub) -> None:
         help="output folder: created, or replaced atomically if it holds an earlier report",
     )
     arg("--wrt", help="the input to interpret (default: the first float input)")
-    arg("--device", default="cpu", choices=["cpu", "cuda"])
+    arg("--device", default="cpu", choices=["cpu", "cuda"], help="where ONNX Runtime runs")
     many("--output-name", "outputs", str, "NAME", "report on this output only (default: all)")
     many("--class", "classes", int, "K", "output index to show votes for (default: the top)")
     arg("--top", type=int, default=3, help="how many top classes to show (3)")
