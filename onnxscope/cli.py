@@ -256,6 +256,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output_file(sp, "the vote maps, [classes, *input]")
 
+    sp = sub.add_parser("svd", help="write the top singular triplets of A_x (or of a crop)")
+    common(sp)
+    inputs(sp)
+    sp.add_argument("-k", type=positive_int, default=4, help="how many triplets (4)")
+    sp.add_argument(
+        "--crop",
+        type=_ints("Y,X,H,W"),
+        metavar="Y,X,H,W",
+        help="input crop; for an image output also the output crop (the same region at the "
+        "output's scale)",
+    )
+    sp.add_argument(
+        "--output-crop", type=_ints("Y,X,H,W"), metavar="Y,X,H,W", help="output crop (overrides)"
+    )
+    sp.add_argument(
+        "-o",
+        "--output",
+        dest="out",
+        required=True,
+        help="the .npz file to write: U [k, *output crop], s [k], Vt [k, *input crop] (.npz is "
+        "appended if missing)",
+    )
+    sp.add_argument("--output-name", help="which model output (default: the only one)")
+
     sp = sub.add_parser("bias", help="write the bias image c_x (the part of F(x) no input moves)")
     common(sp)
     inputs(sp)
@@ -584,6 +608,46 @@ def cmd_columns(args) -> int:
     return EXIT_OK
 
 
+def cmd_svd(args) -> int:
+    check_file(args.out, sources=_sources(args), suffix=".npz")
+    _, it = _interpret(args)
+    name = it._output_name(args.output_name)
+    x_shape, y_shape = it.x.shape, it.outputs[name].shape
+    input_region = _spatial_crop(args.crop, x_shape) if args.crop else None
+    output_region = None
+    if args.output_crop:
+        output_region = _spatial_crop(args.output_crop, y_shape)
+    elif args.crop and len(y_shape) == 4 and y_shape[2] * y_shape[3] > 1:
+        y, x, h, w = args.crop  # the same region at the output's scale
+        fy, fx = x_shape[2] / y_shape[2], x_shape[3] / y_shape[3]
+        y0, x0 = int(y / fy), int(x / fx)
+        y1 = max(y0 + 1, min(y_shape[2], int(np.ceil((y + h) / fy))))
+        x1 = max(x0 + 1, min(y_shape[3], int(np.ceil((x + w) / fx))))
+        output_region = _spatial_crop((y0, x0, y1 - y0, x1 - x0), y_shape)
+    found = it.svd(args.k, name, input_region=input_region, output_region=output_region)
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, U=found.U, s=found.s, Vt=found.Vt)
+    publish_file(args.out, buffer.getvalue(), sources=_sources(args), suffix=".npz")
+    values = ", ".join(f"{v:.4g}" for v in found.s)
+    print(
+        f"Top {len(found.s)} singular values of A_x: {values}; wrote U {found.U.shape}, "
+        f"s, Vt {found.Vt.shape} to {args.out}{'' if args.out.endswith('.npz') else '.npz'}."
+    )
+    return EXIT_OK
+
+
+def _spatial_crop(crop, shape) -> tuple[slice, ...]:
+    """Y,X,H,W as a region of a rank-4 NCHW tensor (all of its batch and channels)."""
+    y, x, h, w = crop
+    if len(shape) != 4:
+        raise InputError(f"--crop Y,X,H,W is for rank-4 (NCHW) tensors; this one is {shape}.")
+    if not (0 <= y and 0 <= x and h > 0 and w > 0 and y + h <= shape[2] and x + w <= shape[3]):
+        raise InputError(f"The crop {crop} is outside the {shape[2]}×{shape[3]} tensor.")
+    return (slice(None), slice(None), slice(y, y + h), slice(x, x + w))
+
+
 def cmd_bias(args) -> int:
     _out_file(args)
     _, it = _interpret(args)
@@ -672,6 +736,7 @@ COMMANDS = {
     "columns": cmd_columns,
     "votes": cmd_votes,
     "bias": cmd_bias,
+    "svd": cmd_svd,
     "report": cmd_report,
     "convert": cmd_convert,
 }

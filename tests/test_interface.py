@@ -134,7 +134,8 @@ def test_help_of_every_subcommand_explains_every_flag(capsys):
 
 def test_every_command_that_writes_a_file_takes_dash_o_and_output():
     _, commands = _subcommands()
-    for name in ("rows", "columns", "votes", "bias", "rewrite", "report", "batch", "convert"):
+    names = ("rows", "columns", "votes", "bias", "svd", "rewrite", "report", "batch", "convert")
+    for name in names:
         flags = {f for a in commands[name]._actions for f in a.option_strings}
         assert {"-o", "--output"} <= flags, name
 
@@ -155,6 +156,7 @@ def softmax_model(tmp_path):
         ["columns", "--at", "0,1,1"],
         ["votes", "--class", "2"],
         ["bias"],
+        ["svd", "-k", "2", "--crop", "1,1,4,4"],
         ["inspect"],
         ["rewrite"],
     ],
@@ -164,7 +166,7 @@ def test_logits_on_every_subcommand(softmax_model, tmp_path, capsys, command):
     args = [command[0], model, "--logits", *command[1:]]
     if command[0] not in ("inspect", "rewrite"):
         args += ["--input", x]  # FILE alone: the one input
-    if command[0] in ("rows", "columns", "votes", "bias", "rewrite"):
+    if command[0] in ("rows", "columns", "votes", "bias", "svd", "rewrite"):
         args += ["-o", str(tmp_path / "out")]
     assert main(args) == 0
     err = capsys.readouterr().err
@@ -241,3 +243,20 @@ def test_input_without_a_name_needs_the_interpreted_input_to_exist(tmp_path, cap
         warnings.simplefilter("error")
         assert main(["verify", str(path), "--input", f"z={tmp_path / 'x.npy'}"]) == 2
     assert "Unknown input 'z'" in capsys.readouterr().err
+
+
+def test_svd_command_crops_the_input_of_a_classifier(softmax_model, tmp_path):
+    model, x = softmax_model
+    out = tmp_path / "s"
+    assert (
+        main(
+            ["svd", model, "--logits", "--input", x, "-k", "2", "--crop", "2,3,4,4", "-o", str(out)]
+        )
+        == 0
+    )
+    saved = np.load(f"{out}.npz")
+    assert saved["U"].shape == (2, 1, 5) and saved["Vt"].shape == (2, 1, 3, 4, 4)
+    it = onnxscope.LinearScope(model, logits=True).interpret(np.load(x))
+    crop = (slice(None), slice(None), slice(2, 6), slice(3, 7))
+    rows = it.rows(list(range(5)))[:, 0][(slice(None), *crop[1:])].reshape(5, -1)
+    np.testing.assert_allclose(saved["s"], np.linalg.svd(rows, compute_uv=False)[:2], rtol=1e-5)

@@ -107,9 +107,11 @@ def test_linear_operator_is_A_and_its_transpose(classifier):
 def test_svd_matches_a_dense_svd(classifier):
     _, _, it, dense = classifier
     u, s, vt = it.svd(4)
+    assert u.shape == (4, *it.output.shape) and vt.shape == (4, *it.x.shape)
     np.testing.assert_allclose(s, np.linalg.svd(dense, compute_uv=False)[:4], rtol=1e-5)
     # the singular vectors are singular vectors of A: A v = s u
-    np.testing.assert_allclose(dense @ vt.T, u * s, rtol=1e-4, atol=1e-5)
+    flat_u, flat_v = u.reshape(4, -1).T, vt.reshape(4, -1)
+    np.testing.assert_allclose(dense @ flat_v.T, flat_u * s, rtol=1e-4, atol=1e-5)
 
 
 def test_svd_matrix_free_path_and_crops():
@@ -124,14 +126,42 @@ def test_svd_matrix_free_path_and_crops():
     x = RNG.standard_normal((1, 1, 10, 10)).astype(F32)
     it = onnxscope.LinearScope(model).interpret(x)
     dense = it.columns(range(100)).reshape(100, 100).T.astype(np.float64)
-    _, s, _ = svd(it, 5, dense_below=10)
+    _, s, _ = svd(it, 5, assemble_below=10)
     np.testing.assert_allclose(s, np.linalg.svd(dense, compute_uv=False)[:5], rtol=1e-4)
     crop = (0, 0, slice(2, 7), slice(3, 8))
-    _, s_crop, vt = it.svd(3, region=crop)
+    u, s_crop, vt = it.svd(3, input_region=crop, output_region=crop)
     idx = np.arange(100).reshape(10, 10)[2:7, 3:8].ravel()
     sub = dense[np.ix_(idx, idx)]
     np.testing.assert_allclose(s_crop, np.linalg.svd(sub, compute_uv=False)[:3], rtol=1e-5)
-    assert vt.shape == (3, 25)
+    assert vt.shape == u.shape == (3, 1, 1, 5, 5)
+    # an input crop only: the 25 input pixels against the whole 10x10 output
+    _, s_in, vt = it.svd(2, input_region=crop)
+    full = dense[:, idx]
+    np.testing.assert_allclose(s_in, np.linalg.svd(full, compute_uv=False)[:2], rtol=1e-5)
+
+
+def test_svd_of_a_classifier_assembles_rows_never_an_identity_over_the_input(classifier):
+    """Few outputs, many inputs: the matrix comes from its rows (K adjoint probes); the linear
+    graph is not run on an identity over the input (that was 169 GiB at 224²)."""
+    _, _, it, dense = classifier
+    calls = {"apply_all": 0, "apply_T_all": 0}
+    for name in calls:
+        original = getattr(it, name)
+
+        def counted(value, _original=original, _name=name):
+            arrays = value.values() if isinstance(value, dict) else [value]
+            calls[_name] += max(len(np.asarray(a)) for a in arrays)
+            return _original(value)
+
+        setattr(it, name, counted)
+    u, s, vt = it.svd(2)
+    assert calls["apply_all"] == 0 and calls["apply_T_all"] == dense.shape[0]
+    np.testing.assert_allclose(s, np.linalg.svd(dense, compute_uv=False)[:2], rtol=1e-5)
+    # the input region alone (the old `region` also cropped the output and failed)
+    n = it.x.shape
+    crop = (slice(None), slice(None), slice(0, 2), slice(1, 3))
+    _, s_crop, vt = it.svd(1, input_region=crop)
+    assert vt.shape == (1, n[0], n[1], 2, 2)
 
 
 def test_cli_rows_and_votes(classifier, tmp_path):

@@ -190,9 +190,9 @@ class Report:
         crop_in = it.x[region["input"]].shape
         crop_out = it.outputs[name][region["output"]].shape
         k = max(1, min(k, int(np.prod(crop_in)), int(np.prod(crop_out))))
-        u, s, vt = it.svd(k, region=region, output=name)
-        right = [self.chw(v.reshape(crop_in)).sum(axis=0) for v in vt]
-        left = [self.chw(v.reshape(crop_out)).sum(axis=0) for v in u.T]
+        u, s, vt = it.svd(k, name, input_region=region["input"], output_region=region["output"])
+        right = [self.chw(v).sum(axis=0) for v in vt]
+        left = [self.chw(v).sum(axis=0) for v in u]
         title = (
             f"Top {k} singular vectors of A_x on the crop: input rows {y}–{y + h - 1}, "
             f"cols {x}–{x + w - 1} → output rows {oy0}–{oy1 - 1}, cols {ox0}–{ox1 - 1} "

@@ -425,13 +425,25 @@ class Interpretation:
 
         return linear_operator(self, output, input_region, output_region)
 
-    def svd(self, k: int, region=None, output: str | None = None):
-        """Top-k singular triplets of A_x (or of a crop): (U, s, Vt), largest first."""
+    def svd(
+        self, k: int, output: str | None = None, *, input_region=None, output_region=None
+    ):
+        """Top-k singular triplets of A_x, or of its restriction to an input region and an
+        output region (each a tuple of slices/ints over the tensor's leading axes): an SVD
+        (U [k, *output region], s [k], Vt [k, *input region]), largest first. Assembled from
+        rows or columns where the smaller side is small, matrix-free ARPACK past that
+        (onnxscope.runtime.spectrum)."""
         from .spectrum import svd
 
         if not _is_int(k) or k < 1:
             raise InputError(f"svd(k): k must be a positive integer, not {k!r}.")
-        return svd(self, int(k), self._output_name(output), region)
+        if isinstance(output, (tuple, dict)):
+            raise InputError(
+                "svd(k, output): the second argument names the output; give crops as "
+                "input_region= and output_region=."
+            )
+        name = self._output_name(output)
+        return svd(self, int(k), name, input_region, output_region)
 
     def verify(self, seed: int = 0, tol: float | None = None, noise: str = "always"):
         """The exactness checks at x (reconstruction, linearity, adjoint), each with the float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,23 +61,45 @@ def linear_operator(it, output: str | None = None, input_region=None, output_reg
     )
 
 
-def svd(it, k: int, output: str | None = None, region=None, dense_below: int = 2048):
-    """Top-k singular triplets (U, s, Vt) of A_x, largest first; U columns are output-shaped
-    images, Vt rows input-shaped. `region`: a crop applied to both input and output (a tuple of
-    slices), or a dict with 'input'/'output' crops. Small operators are assembled and solved
-    densely; larger ones use ARPACK (scipy.sparse.linalg.svds) matrix-free."""
-    if isinstance(region, dict):
-        input_region, output_region = region.get("input"), region.get("output")
-    else:
-        input_region = output_region = region
+# up to this many rows (or columns) the operator is assembled and solved densely, from its smaller
+# side: rows (adjoint probes of output one-hots) when the output region is the smaller, columns
+# when the input is; past it, ARPACK matrix-free. Never an identity over the larger side.
+ASSEMBLE_BELOW = 256
+
+
+class SVD(NamedTuple):
+    """Top singular triplets of A_x (or of a crop), largest first: U [k, *output region]
+    (u_i as output images), s [k], Vt [k, *input region] (v_i as input images); A v_i = s_i u_i."""
+
+    U: np.ndarray
+    s: np.ndarray
+    Vt: np.ndarray
+
+
+def svd(
+    it,
+    k: int,
+    output: str | None = None,
+    input_region=None,
+    output_region=None,
+    assemble_below: int = ASSEMBLE_BELOW,
+) -> SVD:
+    """Top-k singular triplets of A_x restricted to `input_region` and `output_region` (tuples
+    of slices/ints over the leading axes of x and of the output; None: all of it)."""
     op = linear_operator(it, output, input_region, output_region)
     m, n = op.shape
     if not 1 <= k <= min(m, n):
         raise InputError(f"k must be between 1 and {min(m, n)} for this operator; got {k}.")
-    if min(m, n) <= dense_below or k >= min(m, n) - 1:
-        dense = op.matmat(np.eye(n))
+    if min(m, n) <= assemble_below or k >= min(m, n) - 1:
+        # from the smaller side: m rows (A^T e_i) or n columns (A e_j)
+        dense = op.rmatmat(np.eye(m)).T if m <= n else op.matmat(np.eye(n))
         u, s, vt = np.linalg.svd(dense, full_matrices=False)
-        return u[:, :k], s[:k], vt[:k]
-    u, s, vt = _scipy_linalg().svds(op, k=k, random_state=0)
-    order = np.argsort(s)[::-1]
-    return u[:, order], s[order], vt[order]
+        u, s, vt = u[:, :k], s[:k], vt[:k]
+    else:
+        u, s, vt = _scipy_linalg().svds(op, k=k, random_state=0)
+        order = np.argsort(s)[::-1]
+        u, s, vt = u[:, order], s[order], vt[order]
+    name = output or it._single_name()
+    out_shape = np.zeros(it.outputs[name].shape)[_crop(it.outputs[name].shape, output_region)]
+    in_shape = np.zeros(it.x.shape)[_crop(it.x.shape, input_region)]
+    return SVD(u.T.reshape(k, *out_shape.shape), s, vt.reshape(k, *in_shape.shape))
