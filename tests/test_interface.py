@@ -260,3 +260,14 @@ def test_svd_command_crops_the_input_of_a_classifier(softmax_model, tmp_path):
     crop = (slice(None), slice(None), slice(2, 6), slice(3, 7))
     rows = it.rows(list(range(5)))[:, 0][(slice(None), *crop[1:])].reshape(5, -1)
     np.testing.assert_allclose(saved["s"], np.linalg.svd(rows, compute_uv=False)[:2], rtol=1e-5)
+
+
+def test_served_models_read_the_logits(softmax_model):
+    from onnxscope.serve.models import load
+
+    model, x = softmax_model
+    served = {m.reading or "plain": m for m in load(model, "m", logits=True, output="y")}
+    assert list(served["plain"].outputs) == ["y_logits"]
+    it = onnxscope.LinearScope(model, logits=True).interpret(np.load(x))
+    got = served["votes"].infer({"x": np.load(x), "classes": np.array([2], np.int64)})
+    np.testing.assert_allclose(got["votes"][0], it.votes(2), rtol=1e-5, atol=1e-7)

@@ -95,6 +95,7 @@ def run(args) -> int:
         readings=parse_readings(args.readings),
         output=args.output_name,
         wrt=args.wrt,
+        logits=args.logits,
         providers=args.device,
         max_batch=args.max_batch,
         threads=args.threads,

@@ -220,11 +220,14 @@ def load(
     providers: list | str | None = "cpu",
     max_batch: int = 64,
     threads: int | None = None,
+    logits: bool = False,
 ) -> list[ServedModel]:
     """The plain model and its readings (`READINGS`, or a subset) at one input shape (the given
     shapes, else the model's static ones with a free batch dim at 1), rewritten once, here.
-    `output`: the model output the votes and rows read (default: the first). A reading the
-    model cannot have (no adjoint: votes and rows) is an OnnxscopeError naming why."""
+    `output`: the model output the votes and rows read (default: the first). `logits`: serve
+    outputs computed by a Softmax or LogSoftmax as the logits under them (NAME_logits). A
+    reading the model cannot have (no adjoint: votes and rows) is an OnnxscopeError naming
+    why."""
     from ..runtime.scope import LinearScope
 
     unknown = [r for r in readings if r not in READINGS]
@@ -234,7 +237,9 @@ def load(
         if isinstance(path, onnx.ModelProto):
             raise InputError("A served ModelProto needs a name.")
         name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
-    scope = LinearScope(path, wrt=wrt, providers="cpu")
+    scope = LinearScope(path, wrt=wrt, providers="cpu", logits=logits)
+    if output is not None and output in scope.cut:
+        output = f"{output}_logits"
     shapes = dict(input_shapes or {})
     analyzed: AnalyzedModel = scope.analyze(shapes)
     inputs = [
@@ -324,6 +329,11 @@ def add_model_arguments(sp) -> None:
         help="the model output the votes, rows and columns read (default: the first)",
     )
     sp.add_argument("--wrt", help="the input to interpret (default: the first float input)")
+    sp.add_argument(
+        "--logits",
+        action="store_true",
+        help="serve outputs computed by a Softmax or LogSoftmax as their logits (NAME_logits)",
+    )
 
 
 def model_name(path) -> str:

@@ -512,6 +512,7 @@ def run(args) -> int:
         readings=parse_readings(args.readings),
         output=args.output_name,
         wrt=args.wrt,
+        logits=args.logits,
         providers="cpu",
     )
     out = write_repository(
