@@ -333,6 +333,19 @@ def _add_report_parser(sub) -> None:
     )
     arg("--svd", dest="svd_k", type=int, default=4, help="how many singular triplets (4)")
     arg("--mask-layer", metavar="NODE", help="node whose masks are shown")
+    arg(
+        "--sign",
+        choices=["all", "positive", "negative", "absolute"],
+        default="all",
+        help="which part of signed maps to draw (all: red for, blue against)",
+    )
+    arg(
+        "--clip",
+        type=float,
+        default=99.5,
+        help="colour scales end at this percentile of |value| (99.5; 100: the largest)",
+    )
+    arg("--alpha", type=float, default=0.7, help="opacity of maps drawn over the input (0.7)")
     many("--other", "other", _other_arg, "NAME=VALUE", "another input: a number or a .npy file")
     add_image_options(sp)
 
@@ -354,6 +367,12 @@ def add_image_options(sp, logits: bool = True) -> None:
     arg("--scale", help="pixel scale, e.g. 1/255 (default for 8-bit images) or 1")
     arg("--mean", help="subtracted after scaling: one value or one per channel")
     arg("--std", help="divided by after the mean: one value or one per channel")
+    arg(
+        "--resize",
+        choices=["crop", "fit", "stretch"],
+        help="an image of another size: aspect kept and centre-cropped (crop, the default), "
+        "kept and padded (fit), or stretched",
+    )
     if logits:
         arg(
             "--logits",
@@ -362,7 +381,7 @@ def add_image_options(sp, logits: bool = True) -> None:
         )
 
 
-IMAGE_CONVENTIONS = ("layout", "color", "size", "scale", "mean", "std")
+IMAGE_CONVENTIONS = ("layout", "color", "size", "scale", "mean", "std", "resize")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -708,7 +727,7 @@ def _save_npy(args, array: np.ndarray) -> str:
 
 REPORT_OPTIONS = (  # the write_report options the subcommand passes through as they are
     "wrt outputs classes top labels rows columns channel crop svd_k mask_layer device layout "
-    "color size scale mean std logits"
+    "color size scale mean std resize logits sign clip alpha"
 ).split()
 
 

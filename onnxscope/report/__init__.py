@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import warnings
 
 import numpy as np
 
@@ -66,7 +68,11 @@ def build_report(
     scale=None,
     mean=None,
     std=None,
+    resize: str | None = None,
     logits: bool = False,
+    sign: str = "all",
+    clip: float = 99.5,
+    alpha: float = 0.7,
     progress: bool | None = None,
 ) -> dict[str, bytes]:
     """The files of the report of `model` (path or ModelProto) at `image` (a PNG/JPEG or .npy
@@ -88,24 +94,28 @@ def build_report(
       mask_layer node name whose frozen decisions are shown (default: the first spatial unit).
       other      values of the model's other inputs: {name: number | array | 'FILE.npy'}.
       device     'cpu' or 'cuda'.
-      layout, color, size, scale, mean, std: image conventions (see onnxscope.report.images).
-      logits     interpret the logits under outputs computed by a Softmax (votes on logits, as
-                 the paper reads them) instead of the probabilities.
-      progress   a progress bar on stderr (default: only when stderr is a terminal).
+      layout, color, size, scale, mean, std, resize: image conventions (see
+                 onnxscope.report.images).
+      logits     interpret the logits under outputs computed by a Softmax or LogSoftmax (votes
+                 on logits, as the paper reads them) instead of the probabilities.
+      sign, clip, alpha: how signed maps are drawn (onnxscope.report.figures.Display): all,
+                 positive, negative or absolute; the colour scale's percentile of |value|
+                 (99.5); the opacity of maps over the input (0.7).
+      progress   a progress bar on stderr (default: a bar on a terminal, else a line per step;
+                 False: nothing).
     """
     from ..graph.model import graph_inputs, input_spec
     from ..runtime.scope import LinearScope
     from . import figures
 
     figures.require_matplotlib()
-    bar = Progress(5, sys.stderr.isatty() if progress is None else progress)
+    display = figures.Display(sign, clip, alpha)
+    bar = Progress(5, sys.stderr.isatty() if progress is None else progress, lines=progress is None)
     bar.step("rewriting the model")
-    cut = []
-    if logits:
-        from ..graph.model import softmax_outputs_to_logits
-
-        interpreted, cut = softmax_outputs_to_logits(model)
-    scope = LinearScope(interpreted if logits else model, wrt=wrt, providers=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (no Softmax: the page says what was read)
+        scope = LinearScope(model, wrt=wrt, providers=device, logits=logits)
+    cut = scope.cut
     specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
     x, conv = load_image(
         image,
@@ -116,13 +126,14 @@ def build_report(
         scale=scale,
         mean=mean,
         std=std,
+        resize=resize,
         dtype=specs[scope.wrt][1],
     )
     others = _other_inputs(other or {}, specs, scope.wrt)
     bar.step("interpreting")
     it = scope.interpret(x, **others)
     errors = it.verify(tol=TOLERANCE)
-    r = Report(it, conv, labels, radius, channel)
+    r = Report(it, conv, labels, radius, channel, display, classes=bool(labels or cut))
     r.facts(model, scope, specs, others, device, cut)
     chosen = outputs or it.output_names
     unknown = set(chosen) - set(it.output_names)
@@ -167,16 +178,25 @@ def output_kind(shape, layout: str = "NCHW") -> str:
 
 
 class Progress:
-    """A one-line progress bar on stderr, drawn only when enabled."""
+    """Progress on stderr: a one-line bar (enabled, on a terminal), or with `lines` a line per
+    step with the time so far (off a terminal), or nothing."""
 
-    def __init__(self, total: int, enabled: bool, width: int = 24):
+    def __init__(self, total: int, enabled: bool, width: int = 24, lines: bool = False):
         self.total, self.enabled, self.width, self.count = total, enabled, width, 0
+        self.lines = lines and not enabled
+        self.start = time.monotonic()
 
     def step(self, what: str) -> None:
         if self.enabled:
             filled = self.width * min(self.count, self.total) // self.total
             bar = "#" * filled + "." * (self.width - filled)
             sys.stderr.write(f"\r[{bar}] {what[:50]:50s}")
+            sys.stderr.flush()
+        elif self.lines:
+            elapsed = time.monotonic() - self.start
+            sys.stderr.write(
+                f"report: step {self.count + 1}/{self.total}: {what} ({elapsed:.0f} s)\n"
+            )
             sys.stderr.flush()
         self.count += 1
 

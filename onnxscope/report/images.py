@@ -22,6 +22,7 @@ from ..files.inputs import parse_number
 
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("rgb", "bgr", "gray")
+RESIZES = ("crop", "fit", "stretch")  # aspect kept and centre-cropped; kept and padded; not kept
 
 
 @dataclass
@@ -121,6 +122,36 @@ def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     )
 
 
+def _fitted(array, original, target, mode: str):
+    """The H×W×C array brought to `target` (H, W) as `mode` says, and a note saying how."""
+    (h, w), (th, tw) = original, target
+    lo, hi = array.min(), array.max()
+    shown = f"{h}×{w}"
+    if mode == "stretch":
+        out = _resize(array, target)
+        note = f"resized (bicubic) from {shown}, aspect ratio not kept (--resize stretch)"
+    else:
+        scale = max(th / h, tw / w) if mode == "crop" else min(th / h, tw / w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        scaled = _resize(array, size) if size != (h, w) else array
+        if mode == "crop":
+            y0, x0 = (size[0] - th) // 2, (size[1] - tw) // 2
+            out = scaled[y0 : y0 + th, x0 : x0 + tw]
+            note = (
+                f"resized (bicubic, aspect kept) from {shown} to {size[0]}×{size[1]}, then the "
+                f"centre {th}×{tw} cropped (--resize crop)"
+            )
+        else:
+            out = np.zeros((th, tw, array.shape[2]), np.float32)
+            y0, x0 = (th - size[0]) // 2, (tw - size[1]) // 2
+            out[y0 : y0 + size[0], x0 : x0 + size[1]] = scaled
+            note = (
+                f"resized (bicubic, aspect kept) from {shown} to {size[0]}×{size[1]}, padded "
+                f"with black to {th}×{tw} (--resize fit)"
+            )
+    return np.clip(out, min(lo, 0) if mode == "fit" else lo, hi), note  # no bicubic overshoot
+
+
 def load_image(
     path: str | os.PathLike | np.ndarray,
     model_dims,
@@ -131,6 +162,7 @@ def load_image(
     scale: str | float | None = None,
     mean=None,
     std=None,
+    resize: str | None = None,
     dtype=np.float32,
 ) -> tuple[np.ndarray, Conventions]:
     """The model input (batch 1) made from an image file, and the conventions used.
@@ -141,6 +173,9 @@ def load_image(
     model_dims: the input's dims as the model declares them (ints, names or None for free ones).
     layout 'NCHW'/'NHWC', color 'rgb'/'bgr'/'gray', size (H, W) for free spatial dims, scale
     ('1/255' or a number), mean and std (one value or one per channel): None picks the default.
+    resize, where the image's size is not the model's: 'crop' (the default: bicubic with the
+    aspect ratio kept, to cover the target, then the centre cropped), 'fit' (aspect kept, inside
+    the target, padded with black) or 'stretch' (to the target's size, aspect changed).
     """
     if isinstance(path, np.ndarray):  # an array in memory: like a .npy file
         array, eight_bit, path, raw = path, path.dtype == np.uint8, "(array)", True
@@ -184,8 +219,11 @@ def load_image(
     else:
         target = tuple(int(s) for s in size) if size is not None else original
     if target != original:
-        array = np.clip(_resize(array, target), array.min(), array.max())  # no bicubic overshoot
-        notes.append(f"resized (bicubic) from {original[0]}×{original[1]}")
+        mode = resize or "crop"
+        if mode not in RESIZES:
+            raise InputError(f"resize must be one of {RESIZES}, not {mode!r}.")
+        array, note = _fitted(array, original, target, mode)
+        notes.append(note)
     scale_value = parse_number(scale) if scale is not None else (1 / 255 if eight_bit else 1.0)
     mean_v = parse_numbers(mean) if mean is not None else (0.0,)
     std_v = parse_numbers(std) if std is not None else (1.0,)

@@ -44,6 +44,7 @@ def assemble(report, errors) -> dict[str, bytes]:
         for t, b in [
             (f"Exactness: {'all pass' if verdict else 'FAILED'}", head),
             *report.sections,
+            ("Glossary", GLOSSARY),
         ]
     )
     for fig in report.figures:
@@ -63,6 +64,24 @@ def assemble(report, errors) -> dict[str, bytes]:
     return files
 
 
+GLOSSARY = """<dl id=glossary>
+<dt>A<sub>x</sub>, c<sub>x</sub></dt><dd>Freeze every unit's decision at the input x (which ReLU
+passes, which max wins, each gate's value) and the model is an affine map of a new input z:
+F̂<sub>x</sub>(z) = A<sub>x</sub> z + c<sub>x</sub>, equal to F(x) at z = x. A<sub>x</sub> is the
+linear part, c<sub>x</sub> = F̂<sub>x</sub>(0) the bias image: what the biases and the units'
+intercepts produce with no input at all.</dd>
+<dt>votes</dt><dd>x ⊙ A<sub>x</sub><sup>T</sup>e<sub>k</sub>: each input pixel's contribution to
+output k. Σ votes + c<sub>x</sub>[k] = F(x)[k] exactly; the bias share |c|/(|Σ votes| + |c|) says
+how much of the output the input does not explain.</dd>
+<dt>row</dt><dd>A<sub>x</sub><sup>T</sup>e<sub>i</sub>, input-shaped: what output element i looks
+at (its weights over the input).</dd>
+<dt>column</dt><dd>A<sub>x</sub>e<sub>j</sub>, output-shaped: where input element j goes (what a
+unit change of that pixel does to the output).</dd>
+<dt>singular vectors</dt><dd>v<sub>i</sub> (input) and u<sub>i</sub> (output) with
+A<sub>x</sub>v<sub>i</sub> = σ<sub>i</sub>u<sub>i</sub>: the input patterns the frozen map
+amplifies most, and what they become.</dd>
+</dl>"""
+
 PAGE = """<!DOCTYPE html>
 <html lang=en><head><meta charset=utf-8><title>onnxscope report</title>
 <style>
@@ -71,6 +90,8 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; }}
 td.num {{ font-family: monospace; }} .pass {{ color: #060; }} .fail {{ color: #b00; }}
 img {{ max-width: 100%; }} figcaption {{ font-size: 90%; color: #444; }}
+p.finding {{ font-size: 105%; border-left: 4px solid #c60; padding-left: 8px; }}
+dt {{ font-weight: bold; margin-top: 0.4em; }}
 </style></head><body>
 <h1>onnxscope report: F̂<sub>x</sub>(z) = A<sub>x</sub> z + c<sub>x</sub></h1>
 {body}

@@ -30,6 +30,8 @@ class Report:
     labels: list[str] | None
     radius: int
     channel: int
+    display: object = None  # figures.Display (how signed maps are drawn)
+    classes: bool = False  # vector outputs are classes (labels given, or logits under a Softmax)
     sections: list[tuple[str, str]] = field(default_factory=list)
     figures: list[Png] = field(default_factory=list)
     numbers: dict = field(default_factory=dict)
@@ -97,6 +99,7 @@ class Report:
         it = self.it
         out = it.outputs[name].ravel()
         names = self.labels if self.labels and len(self.labels) == out.size else None
+        what = "class" if names or self.classes else "output element"
         label = lambda k: f"{names[k]} ({name}[{k}])" if names else f"{name}[{k}]"  # noqa: E731
         order = [int(k) for k in np.argsort(-out, kind="stable")]
         if classes and not all(-out.size <= k < out.size for k in classes):
@@ -112,13 +115,21 @@ class Report:
             (m,), _, how = figures.channel_maps(self.chw(votes[charted.index(k)]), False)
             maps.append(m)
         titles = [f"{label(k)}: output {out[k]:.4g}" for k in shown]
-        fig = figures.vote_maps(self.picture(), maps, titles, how)
-        caption = "Red pixels vote for the class, blue against; Σ votes + bias = output."
-        body = self.add_figure(fig, f"votes_{_safe(name)}.png", caption)
-        fig = figures.logit_split([label(k) for k in charted], sums, bias, out[charted])
+        fig = figures.vote_maps(self.picture(), maps, titles, how, display=self.display)
+        caption = (
+            f"Red pixels vote for the {what}, blue against ({self.display.note()}); "
+            "Σ votes + bias = output."
+        )
+        body = "".join(
+            f"<p class=finding>{html.escape(_finding(record[charted.index(k)], what))}</p>"
+            for k in shown
+        )
+        body += self.add_figure(fig, f"votes_{_safe(name)}.png", caption)
+        fig = figures.logit_split([label(k) for k in charted], sums, bias, out[charted], per=what)
         caption = "Each output as the sum of its votes (A_x x) and its bias c_x[k]."
         body += self.add_figure(fig, f"logit_split_{_safe(name)}.png", caption)
-        body += _table(VOTE_COLUMNS, [tuple(_fmt(c[key]) for key in VOTE_KEYS) for c in record])
+        columns = (what, *VOTE_COLUMNS[1:])
+        body += _table(columns, [tuple(_fmt(c[key]) for key in VOTE_KEYS) for c in record])
         self.numbers.setdefault("outputs", {})[name] = {"kind": "vector", "classes": record}
         self.sections.append((f"Output '{name}' {list(it.outputs[name].shape)}: votes", body))
 
@@ -130,12 +141,19 @@ class Report:
         (oh, ow), (ih, iw) = self.spatial(y_shape), self.spatial(x_shape)
         fy, fx = ih / oh, iw / ow  # input pixels per output pixel
         rows, columns, safe = rows or _diagonal(oh, ow), columns or _diagonal(ih, iw), _safe(name)
+        picture, output_picture, shown_as = self.output_picture(name)
+        fig = figures.picture_panels(
+            [(picture, "input x"), (output_picture, f"output F(x), {shown_as}")],
+            f"The input and the output '{name}'",
+        )
+        body = self.add_figure(fig, f"io_{safe}.png", "What the model was given and made.")
         found = it.rows([self.flat_index(y_shape, ch, *p) for p in rows], name)
         marks = [((y + 0.5) * fy - 0.5, (x + 0.5) * fx - 0.5) for y, x in rows]
         title = f"Rows A_xᵀe_i (input-shaped, summed over channels): what output channel {ch} at i"
-        body = self.positions(
+        body += self.positions(
             found, marks, [f"row at output {p}" for p in rows], f"{title} looks at",
             f"rows_{safe}.png", "× marks the input pixel under the output position (scaled).",
+            self.gray(picture),
         )  # fmt: skip
         found = _named(it.columns([self.flat_index(x_shape, ch, *p) for p in columns]), name)
         marks = [((y + 0.5) / fy - 0.5, (x + 0.5) / fx - 0.5) for y, x in columns]
@@ -143,16 +161,21 @@ class Report:
         body += self.positions(
             found, marks, [f"column at input {p}" for p in columns], f"{title} at j goes",
             f"columns_{safe}.png", "× marks the output pixel over the input position (scaled).",
+            self.gray(output_picture),
         )  # fmt: skip
         c, f = it.biases[name], it.outputs[name]
         ratio = float(np.linalg.norm(c) / max(np.linalg.norm(f), 1e-30))
         stack = self.chw(c)
         maps, titles, how = figures.channel_maps(stack, per_channel=len(stack) <= 4)
         title = f"Bias image c_x = F̂_x(0) ({how}); ‖c_x‖/‖F(x)‖ = {ratio:.3g}"
-        caption = "What the biases and unit intercepts alone produce."
-        body += self.add_figure(figures.signed_images(maps, titles, title), f"bias_{safe}.png",
-                                caption)  # fmt: skip
-        body += f"<p>‖c_x‖ / ‖F(x)‖ = <b>{ratio:.4g}</b></p>"
+        caption = f"What the biases and unit intercepts alone produce ({self.display.note()})."
+        fig = figures.signed_images(maps, titles, title, display=self.display)
+        body += self.add_figure(fig, f"bias_{safe}.png", caption)
+        verdict = "mostly the bias" if ratio > 0.5 else "mostly the input's votes"
+        body = (
+            f"<p class=finding>The output is {verdict}: the bias image c_x has "
+            f"{100 * ratio:.0f} % of the norm of F(x) (‖c_x‖ / ‖F(x)‖ = {ratio:.3g}).</p>" + body
+        )
         svd = self.svd_figure(name, crop, k, (fy, fx), safe)
         body += svd.pop("html")
         self.numbers.setdefault("outputs", {})[name] = {
@@ -161,14 +184,34 @@ class Report:
         }  # fmt: skip
         self.sections.append((f"Output '{name}' {list(y_shape)}: rows, columns, bias", body))
 
-    def positions(self, tensors, marks, titles, title, file, caption) -> str:
-        """A figure of rows or columns (summed over channels) with a zoom beside each."""
+    def positions(self, tensors, marks, titles, title, file, caption, under=None) -> str:
+        """A figure of rows or columns (summed over channels) with a zoom beside each, drawn
+        over the picture `under` (the input for rows, the output for columns)."""
         from .figures import position_maps
 
         maps = [self.chw(t).sum(axis=0) for t in tensors]
-        return self.add_figure(
-            position_maps(maps, marks, titles, title, self.radius), file, caption
-        )
+        fig = position_maps(maps, marks, titles, title, self.radius, self.display, under)
+        return self.add_figure(fig, file, f"{caption} ({self.display.note()})")
+
+    def output_picture(self, name: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """(the input picture, the output as a picture, how the output is shown): 1 or 3
+        channels as an image (range stretched), more as the argmax over channels (a label map,
+        as a segmentation's)."""
+        stack = self.chw(self.it.outputs[name])
+        if len(stack) in (1, 3):
+            out = display_image(self.it.outputs[name], self.conv.layout)
+            how = "range stretched"
+        else:
+            out, how = np.argmax(stack, axis=0), f"argmax over its {len(stack)} channels"
+        return self.picture(), out, how
+
+    @staticmethod
+    def gray(picture: np.ndarray) -> np.ndarray:
+        """A picture as H×W in [0, 1] (label maps scaled), to draw maps over."""
+        p = picture.astype(np.float64)
+        p = p.mean(axis=2) if p.ndim == 3 else p
+        lo, hi = float(p.min()), float(p.max())
+        return (p - lo) / (hi - lo) if hi > lo else np.zeros_like(p)
 
     def svd_figure(self, name, crop, k, factors, safe) -> dict:
         from .figures import singular_vectors
@@ -199,7 +242,7 @@ class Report:
             "(summed over channels)"
         )
         caption = "v_i: the input patterns A_x amplifies most on the crop; u_i: what they become."
-        fig = singular_vectors(s, right, left, title)
+        fig = singular_vectors(s, right, left, title, self.display)
         return {
             "html": self.add_figure(fig, f"svd_{safe}.png", caption),
             "singular_values": [float(v) for v in s],
@@ -261,6 +304,17 @@ class Report:
                     self.add_figure(fig, "masks.png", "Each channel's frozen decision at x.") + body
                 )
         self.sections.append((f"Frozen decisions ({len(units)} units and gates)", body))
+
+
+def _finding(record: dict, what: str) -> str:
+    """One plain sentence on what decides one output: its votes or its bias."""
+    share = record["share"]
+    who = "the bias decides" if share > 0.5 else "the votes decide"
+    return (
+        f"{record['label']}: {who}: {100 * share:.0f} % of this {what}'s value comes from c_x "
+        f"(Σ votes {record['votes']:.4g}, bias {record['bias']:.4g}, output "
+        f"{record['output']:.4g})."
+    )
 
 
 VOTE_COLUMNS = (

@@ -425,9 +425,7 @@ class Interpretation:
 
         return linear_operator(self, output, input_region, output_region)
 
-    def svd(
-        self, k: int, output: str | None = None, *, input_region=None, output_region=None
-    ):
+    def svd(self, k: int, output: str | None = None, *, input_region=None, output_region=None):
         """Top-k singular triplets of A_x, or of its restriction to an input region and an
         output region (each a tuple of slices/ints over the tensor's leading axes): an SVD
         (U [k, *output region], s [k], Vt [k, *input region]), largest first. Assembled from
