@@ -271,3 +271,33 @@ def test_served_models_read_the_logits(softmax_model):
     it = onnxscope.LinearScope(model, logits=True).interpret(np.load(x))
     got = served["votes"].infer({"x": np.load(x), "classes": np.array([2], np.int64)})
     np.testing.assert_allclose(got["votes"][0], it.votes(2), rtol=1e-5, atol=1e-7)
+
+
+def test_resize_keeps_the_aspect_ratio_and_says_how():
+    from onnxscope.report.images import load_image
+
+    picture = np.zeros((300, 451, 3), np.uint8)
+    picture[:, 200:251] = 255  # a white bar in the middle
+    dims = [1, 3, 96, 96]
+    x, conv = load_image(picture, dims)  # crop: covers 96x96 then the centre
+    assert x.shape == (1, 3, 96, 96) and "aspect kept" in conv.notes[0] and "crop" in conv.notes[0]
+    bar = x[0, 0].mean(axis=0) > 0.5
+    assert 15 <= bar.sum() <= 18  # 51 of 451 columns at the scale 96/300: the bar not squeezed
+    x, conv = load_image(picture, dims, resize="fit")
+    assert "padded" in conv.notes[0] and x[0, :, :10].max() == 0  # black bands above and below
+    x, conv = load_image(picture, dims, resize="stretch")
+    assert "not kept" in conv.notes[0]
+    with pytest.raises(InputError, match="resize must be one of"):
+        load_image(picture, dims, resize="zoom")
+
+
+def test_display_options_of_signed_maps():
+    from onnxscope.report.figures import Display
+
+    m = np.array([[-2.0, 1.0], [0.5, 100.0]])
+    assert Display("positive").part(m).min() == 0 and Display("negative").part(m).max() == 0
+    assert Display("absolute").part(m).min() == 0.5
+    assert Display(clip=100).limit(m) == 100.0 and Display(clip=50).limit(m) < 2.0
+    for bad in ({"sign": "both"}, {"clip": 20}, {"alpha": 0}):
+        with pytest.raises(InputError):
+            Display(**bad)
