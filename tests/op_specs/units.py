@@ -53,6 +53,13 @@ SPECS: list[Spec] = [
       pwl=True, ref=piece_ref("y", lambda e: clip_state(e["x"], lo=f(-0.3)))),
     S("Clip_opset13_max_only", ["y = Clip(x, , hi)"], {"x": (2, 3, 4)}, {"hi": f(0.4)}, opset=13,
       pwl=True, ref=piece_ref("y", lambda e: clip_state(e["x"], hi=f(0.4)))),
+    # degenerate bounds: the state is read on the output (y = hi everywhere), the map is 0 + hi
+    S("Clip_equal_bounds", ["y = Clip(x, lo, hi)"], {"x": (2, 3, 4)},
+      {"lo": f(0.2), "hi": f(0.2)}, opset=13, pwl=True,
+      ref=piece_ref("y", lambda e: np.full(e["x"].shape, 2, np.uint8))),
+    S("Clip_inverted_bounds", ["y = Clip(x, lo, hi)"], {"x": (2, 3, 4)},
+      {"lo": f(0.5), "hi": f(-0.2)}, opset=13, pwl=True,
+      ref=piece_ref("y", lambda e: np.full(e["x"].shape, 2, np.uint8))),
     S("Clip_relu6", ["u = Mul(x, four)", "y = Clip(u, zero, six)"], {"x": (2, 3, 4)},
       {"four": f(4.0), "zero": f(0.0), "six": f(6.0)}, pwl=True,
       ref=piece_ref("y", lambda e: clip_state(e["u"], 0.0, 6.0))),

@@ -157,14 +157,20 @@ class Abs(PiecewiseUnit):
         return [(-1.0, 0.0), (1.0, 0.0)]
 
 
+UINT8 = 2  # onnx.TensorProto.UINT8
+
+
 def _three_state(m, v: str, lo: str | None, hi: str | None) -> str:
     """uint8 piece index: 0 at or below lo, 1 strictly inside, 2 at or above hi."""
     piece = lambda k: m.b.const(np.uint8(k))  # noqa: E731
     state = piece(1)
-    if lo is not None:
-        state = m.b.op("Where", [m.b.op("Greater", [v, lo], "above_lo"), piece(1), piece(0)])
+    if lo is not None:  # (each op is a pass over the tensor: as few as the opset allows)
+        state = m.b.op("Cast", [m.b.op("Greater", [v, lo], "above_lo")], "state", to=UINT8)
     if hi is not None:
-        at_hi = m.b.op("Not", [m.b.op("Less", [v, hi], "below_hi")], "at_hi")
+        if m.b.opset >= 12:
+            at_hi = m.b.op("GreaterOrEqual", [v, hi], "at_hi")
+        else:
+            at_hi = m.b.op("Not", [m.b.op("Less", [v, hi], "below_hi")], "at_hi")
         state = m.b.op("Where", [at_hi, piece(2), state], "state")
     if lo is None and hi is None:  # no bounds: always inside (no comparison of floats at all)
         state = m.b.op("Expand", [piece(1), m.b.op("Shape", [v])], "state")
@@ -186,10 +192,13 @@ class Clip(PiecewiseUnit):
         return "active piece (uint8: low, inside, high)"
 
     def state(self, node, m):
+        # read on the output y = min(max(u, lo), hi), which keeps ORT's Conv+Clip fusion: y > lo
+        # exactly where u > lo and y >= hi exactly where u >= hi (lo <= hi); where they differ
+        # (lo == hi, or lo > hi) both pieces give the same value, slope 0 and intercept hi
         dt = m.dtype(_u(node))
         bound = lambda v: v if isinstance(v, str) or v is None else m.b.const(np.asarray(v, dt))  # noqa: E731
         lo, hi = clip_bounds(node)
-        return _three_state(m, _u(node), bound(lo), bound(hi))
+        return _three_state(m, node.output[0], bound(lo), bound(hi))
 
     def pieces(self, node, c):
         value = lambda v: c.value_of(v) if isinstance(v, str) else float(v or 0.0)  # noqa: E731
