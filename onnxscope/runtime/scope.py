@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from ..errors import InputError, OnnxscopeError
+from ..graph.controlflow import fold_static_ifs
 from ..graph.model import AnalyzedModel, load_light
 from ..rewrite.analysis import default_wrt
 from ..rewrite.artifacts import Artifacts
@@ -198,7 +199,7 @@ class LinearScope:
         from ..graph.model import resolve_input_shapes
 
         shapes = resolve_input_shapes(self.model, {k: tuple(v) for k, v in input_shapes.items()})
-        return AnalyzedModel(self.model, shapes)
+        return fold_static_ifs(AnalyzedModel(self.model, shapes))
 
     def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
         return self._prepare(input_shapes)[1].artifacts
@@ -214,7 +215,7 @@ class LinearScope:
         shapes = resolve_input_shapes(self.model, dict(given))
         key = tuple(sorted(shapes.items()))
         if rebuild or key not in self._cache:
-            analyzed = AnalyzedModel(self.model, shapes, feeds)
+            analyzed = fold_static_ifs(AnalyzedModel(self.model, shapes, feeds))
             sessions = _Sessions(rewrite(analyzed, self.wrt), self.providers, self.threads)
             self._cache[key] = (analyzed, sessions)
         return self._cache[key]
