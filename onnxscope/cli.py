@@ -450,6 +450,7 @@ def cmd_inspect(args) -> int:
         raise InputError("inspect needs a MODEL (or --ops for the list of supported ops).")
     scope = _scope(args)
     model = scope.analyze(dict(args.input_shape))
+    _say_batch_defaults(scope, args)
     analysis = Analysis(model, scope.wrt)
     units = analysis.units()
     if args.json:
@@ -478,6 +479,19 @@ def cmd_inspect(args) -> int:
     return EXIT_CHECK_FAILED if analysis.problems else EXIT_OK
 
 
+def _say_batch_defaults(scope, args) -> None:
+    """A notice for each free batch dimension read as 1 (no --input-shape for its input)."""
+    from .graph.model import batch_defaults
+
+    found = batch_defaults(scope.model, dict(args.input_shape))
+    if found:
+        print(
+            f"onnxscope: notice: free batch dimension(s) {', '.join(found)} read as 1 "
+            "(--input-shape NAME=... to choose)",
+            file=sys.stderr,
+        )
+
+
 def _table(header, rows) -> None:
     rows = [tuple(str(c) for c in r) for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
@@ -503,6 +517,7 @@ def cmd_rewrite(args) -> int:
     sources = [("input model", args.model)]
     REWRITE.check(args.output, sources=sources)  # before the work, not only after
     artifacts = scope.artifacts(dict(args.input_shape))
+    _say_batch_defaults(scope, args)
     readings = None
     if args.readings is not None:
         from .rewrite.readings import parse_readings

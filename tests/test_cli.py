@@ -200,7 +200,12 @@ def _branch(name, op):
 
 
 def test_if_on_the_input_path(tmp_path):
-    cond = numpy_helper.from_array(np.array(True), "cond")
+    """An If decided by the input's values is refused; a constant one is folded (issue 16)."""
+    zero = numpy_helper.from_array(np.array(0, np.float32), "zero")
+    decide = [
+        helper.make_node("ReduceSum", ["c"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["cond"]),
+    ]
     node = helper.make_node(
         "If",
         ["cond"],
@@ -209,12 +214,18 @@ def test_if_on_the_input_path(tmp_path):
         else_branch=_branch("else", "Sigmoid"),
     )
     path = tmp_path / "if.onnx"
-    onnx.save(small_model([node], [cond]), path)
+    onnx.save(small_model([*decide, node], [zero]), path)
     before = digest(path)
     assert_one_paragraph_error(
         run_cli("rewrite", str(path), "-o", str(tmp_path / "o")), "(If)", "control flow"
     )
     assert digest(path) == before and not (tmp_path / "o").exists()
+    constant = numpy_helper.from_array(np.array(True), "cond")
+    onnx.save(small_model([node], [constant]), path)
+    done = run_cli("rewrite", str(path), "-o", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    units = json.loads((tmp_path / "o" / "manifest.json").read_text())["units"]
+    assert [u["op"] for u in units] == ["Relu"]  # the then branch, folded
 
 
 def test_loop_on_the_input_path(tmp_path):

@@ -130,3 +130,20 @@ def test_pytorch_squeeze_on_a_dynamic_dimension():
     assert [u["op"] for u in it._s.artifacts.manifest["units"]] == ["Relu", "Relu"]
     with torch.no_grad():
         np.testing.assert_allclose(it.output, module(x).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_inspect_reads_free_batch_dimensions_as_1_and_names_the_others(tmp_path, capsys):
+    from helpers import make_model
+
+    from onnxscope.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(make_model(["y = Relu(x)"], {"x": ("batch", 3, "height", "width")}), path)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'height' (axis 2), 'width' (axis 3)" in err
+    assert "--input-shape x=1x3x<height>x<width>" in err
+    assert main(["inspect", str(path), "--input-shape", "x=1x3x8x8"]) == 0
+    onnx.save(make_model(["y = Relu(x)"], {"x": ("N", 3, 8, 8)}), path)
+    assert main(["inspect", str(path)]) == 0
+    assert "free batch dimension(s) 'x' axis 0 (N) read as 1" in capsys.readouterr().err

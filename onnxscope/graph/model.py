@@ -193,13 +193,40 @@ def resolve_input_shapes(
             shapes[vi.name] = shape
             continue
         free = [i for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
-        if free and free != [0]:
-            raise InputError(
-                f"Input '{vi.name}' has free dimensions {format_dims(dims)}; give its shape, "
-                f"e.g. --input-shape {vi.name}=1x3x224x224."
+        sized = [i for i in free if not batch_like(dims, i)]
+        if sized:
+            named = ", ".join(f"'{dims[i] or '?'}' (axis {i})" for i in sized)
+            example = "x".join(
+                "1" if batch_like(dims, i) else (str(d) if i not in free else f"<{d or 'size'}>")
+                for i, d in enumerate(dims)
             )
-        shapes[vi.name] = tuple(1 if i == 0 and i in free else int(d) for i, d in enumerate(dims))
+            raise InputError(
+                f"Input '{vi.name}' {format_dims(dims)} has free dimension(s) {named}: give "
+                f"them with --input-shape {vi.name}={example}."
+            )
+        shapes[vi.name] = tuple(1 if i in free else int(d) for i, d in enumerate(dims))
     return shapes
+
+
+def batch_like(dims, axis: int) -> bool:
+    """Whether free dimension `axis` of an input is a batch: axis 0, or one named like a batch
+    ('batch', 'batch_size', 'N', 'unk__batch'...); those default to 1."""
+    name = dims[axis] if isinstance(dims[axis], str) else ""
+    return axis == 0 or "batch" in name.lower() or name in ("N", "n")
+
+
+def batch_defaults(model: onnx.ModelProto, given) -> list[str]:
+    """'x' axis 0 ('N') for each free batch-like dimension of an input not in `given` (each is
+    read as 1)."""
+    found = []
+    for vi in graph_inputs(model):
+        if vi.name in given:
+            continue
+        dims, _ = input_spec(vi)
+        for i, d in enumerate(dims):
+            if not (isinstance(d, int) and d > 0) and batch_like(dims, i):
+                found.append(f"'{vi.name}' axis {i} ({d or 'unnamed'})")
+    return found
 
 
 def format_dims(dims) -> str:
