@@ -266,3 +266,29 @@ def test_softmax_outputs_to_logits():
     np.testing.assert_allclose(it.outputs["prob_logits"], want, rtol=1e-6)
     votes = it.votes(2, "prob_logits")
     assert votes.sum() + it.biases["prob_logits"].ravel()[2] == pytest.approx(want[0, 2], rel=1e-5)
+
+
+def test_a_model_onnx_runtime_cannot_run_is_said_in_its_words_first():
+    """A block-quantized weight with a one-element scale: ONNX's checker accepts it, ONNX Runtime
+    refuses it at run time; that is the error, not a rule's complaint about the MaxPool after."""
+    from onnxscope.errors import ModelError
+
+    weights = numpy_helper.from_array(np.ones((4, 2, 3, 3), np.int8), "wq")
+    scale = numpy_helper.from_array(np.array([0.1], np.float32), "s")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "s"], ["w"], axis=0, block_size=2),
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [weights, scale],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    with pytest.raises(ModelError, match="^ONNX Runtime cannot run this model.*DequantizeLinear"):
+        onnxscope.LinearScope(model).interpret(np.zeros((1, 2, 8, 8), np.float32))

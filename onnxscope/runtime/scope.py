@@ -199,7 +199,15 @@ class LinearScope:
         from ..graph.model import resolve_input_shapes
 
         shapes = resolve_input_shapes(self.model, {k: tuple(v) for k, v in input_shapes.items()})
-        return fold_static_ifs(AnalyzedModel(self.model, shapes))
+        return self._analyzed(shapes)
+
+    def _analyzed(self, shapes, feeds=None) -> AnalyzedModel:
+        """The analysis at these shapes: the model run once first, so that a model ONNX Runtime
+        cannot run is said in ONNX Runtime's words before any rule is asked, then the Ifs that
+        the shapes decide folded (graph/controlflow.py)."""
+        analyzed = AnalyzedModel(self.model, shapes, feeds)
+        analyzed.info  # noqa: B018  (the run: its ModelError names ONNX Runtime's message)
+        return fold_static_ifs(analyzed)
 
     def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
         return self._prepare(input_shapes)[1].artifacts
@@ -215,7 +223,7 @@ class LinearScope:
         shapes = resolve_input_shapes(self.model, dict(given))
         key = tuple(sorted(shapes.items()))
         if rebuild or key not in self._cache:
-            analyzed = fold_static_ifs(AnalyzedModel(self.model, shapes, feeds))
+            analyzed = self._analyzed(shapes, feeds)
             sessions = _Sessions(rewrite(analyzed, self.wrt), self.providers, self.threads)
             self._cache[key] = (analyzed, sessions)
         return self._cache[key]
