@@ -90,9 +90,14 @@ def test_free_spatial_dims_follow_the_input():
         scope.artifacts({})
 
 
-def test_old_opset_is_refused_with_advice():
-    with pytest.raises(onnxscope.ModelError, match="opset 8"):
-        onnxscope.LinearScope(conv_relu(opset=8))
+def test_old_opset_is_upgraded_and_a_future_one_refused_with_advice():
+    with pytest.warns(UserWarning, match="opset 8 -> 9"):
+        scope = onnxscope.LinearScope(conv_relu(opset=8))
+    assert scope.interpret(RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)).verify().ok
+    future = conv_relu()
+    future.opset_import[0].version = 99
+    with pytest.raises(onnxscope.ModelError, match="opset 99"):
+        onnxscope.LinearScope(future)
 
 
 def test_the_users_model_object_is_not_modified():

@@ -75,3 +75,44 @@ def test_old_opset_forms(name):
     np.testing.assert_allclose(it.output, expected, rtol=1e-6)
     if name.startswith("pad"):  # the pad value is bias only
         assert np.allclose(it.bias[..., 0, :], 0.7)
+
+
+def test_an_ir3_opset8_file_is_upgraded_checked_and_interpreted(tmp_path):
+    """IR 3 with initializers not listed as inputs (ONNX Runtime runs such files), opset 8
+    (Upsample-7 of a super-resolution net): read as IR 4 / opset 9, outputs checked equal, said
+    in a warning; the file is not touched."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxscope
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Upsample", ["r"], ["y"], mode="nearest", scales=[1.0, 1.0, 2.0, 2.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    path = tmp_path / "old.onnx"
+    onnx.save(model, path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.warns(UserWarning, match=r"IR 3 -> 4, opset 8 -> 9 \(outputs checked equal"):
+        scope = onnxscope.LinearScope(str(path))
+    x = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
+    it = scope.interpret(x)
+    assert it.verify().ok
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before

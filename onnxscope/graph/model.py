@@ -60,6 +60,8 @@ def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
             ) from None
     if not model.graph.node:
         raise ModelError("The model has no nodes; is it an ONNX model file?")
+    if store is None:
+        model = _upgraded(model)
     try:
         # on the path when there is one and the model is wanted whole (the checker serializes a
         # proto, which fails past 2 GB, and the path lets it check the external data files,
@@ -86,6 +88,78 @@ def _load(source, light: bool) -> tuple[onnx.ModelProto, Weights | None]:
     if light:
         return store.release(), store
     return model, store
+
+
+def _upgraded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An old file brought to what onnxscope reads, its outputs checked equal to the file's
+    (ONNX Runtime, at the static input shapes, free dims 1, random inputs): IR < 4 (whose
+    initializers need not be listed as inputs from IR 4 on) to IR 4, opsets below 9 converted to
+    9 by ONNX's version converter. Said in a warning; the file itself is never written."""
+    old_ir, opset = model.ir_version, default_opset(model)
+    if old_ir >= 4 and opset >= SUPPORTED_OPSETS.start:
+        return model
+    new = onnx.ModelProto()
+    new.CopyFrom(model)
+    new.ir_version = max(new.ir_version, 4)
+    done = [f"IR {old_ir} -> {new.ir_version}"] if old_ir < 4 else []
+    if opset < SUPPORTED_OPSETS.start:
+        from onnx import version_converter
+
+        try:
+            new = version_converter.convert_version(new, SUPPORTED_OPSETS.start)
+        except Exception as exc:
+            raise ModelError(
+                f"The model uses ONNX opset {opset}, and ONNX's version converter could not "
+                f"bring it to {SUPPORTED_OPSETS.start}: {str(exc).splitlines()[0]}"
+            ) from None
+        new.ir_version = max(new.ir_version, 4)
+        done.append(f"opset {opset} -> {SUPPORTED_OPSETS.start}")
+    _check_same_outputs(model, new, ", ".join(done))
+    import warnings
+
+    warnings.warn(
+        f"An old model file: read as {', '.join(done)} (outputs checked equal to the file's).",
+        stacklevel=4,
+    )
+    return new
+
+
+def _check_same_outputs(old: onnx.ModelProto, new: onnx.ModelProto, what: str) -> None:
+    from ..runtime.sessions import ort, session_options
+
+    inputs = graph_inputs(new)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for vi in inputs:
+        dims, dtype = input_spec(vi)
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+        feeds[vi.name] = (
+            rng.standard_normal(shape).astype(dtype)
+            if np.issubdtype(dtype, np.floating)
+            else np.zeros(shape, dtype)
+        )
+    runs = []
+    for model in (old, new):
+        try:
+            session = ort.InferenceSession(
+                model.SerializeToString(), session_options(optimize=False), ["CPUExecutionProvider"]
+            )
+            runs.append(session.run(None, feeds))
+        except Exception as exc:
+            raise ModelError(
+                f"An old model file ({what}): ONNX Runtime could not run "
+                f"{'it' if model is old else 'the upgraded model'} to check the upgrade: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+    for a, b in zip(*runs):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape or np.max(np.abs(a - b), initial=0) > 1e-6 * max(
+            np.max(np.abs(a), initial=0), 1e-30
+        ):
+            raise ModelError(
+                f"An old model file ({what}): the upgraded model's outputs differ from the "
+                "file's; not read. Convert it yourself and check the outputs."
+            )
 
 
 DEPRECATED_DOMAIN = "onnxscope.deprecated"  # where the checker is shown deprecated ops
