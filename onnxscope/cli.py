@@ -580,7 +580,7 @@ def cmd_verify(args) -> int:
         raise InputError(f"--tol must be a number >= 0, not {args.tol}.")
     v = it.verify(seed=args.seed, tol=args.tol)
     ok = v.ok and (v.adjoint_checked or not args.strict)
-    given = any(name == scope.wrt for name, _ in args.input)
+    given = any(name in (None, scope.wrt) for name, _ in args.input)  # (None: --input FILE)
     where = "the given input" if given else f"a random input N(0, 1), seed {args.seed}"
     if args.json:
         print(json.dumps({**v, **v.as_dict(), "ok": ok, "wrt": scope.wrt, "at": where}))

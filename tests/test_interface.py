@@ -301,3 +301,10 @@ def test_display_options_of_signed_maps():
     for bad in ({"sign": "both"}, {"clip": 20}, {"alpha": 0}):
         with pytest.raises(InputError):
             Display(**bad)
+
+
+def test_verify_with_input_file_says_the_given_input(softmax_model, capsys):
+    model, x = softmax_model
+    assert main(["verify", model, "--input", x]) == 0
+    out = capsys.readouterr().out
+    assert "at the given input" in out and "random" not in out

@@ -55,12 +55,9 @@ class BatchFolder:
                     f"({', '.join(differ)} differ); choose another -o, or pass --restart to "
                     "replace them."
                 )
+            self.files = list(dict.fromkeys([*self.files, *listed]))  # (ours also on --restart)
             if not restart:
-                self.files = list(dict.fromkeys([*self.files, *listed]))
                 self.rows = {r["path"]: r for r in _read_table(os.path.join(self.out, TABLE))}
-            else:
-                self.files = list(dict.fromkeys([*self.files, *listed]))  # still ours to replace
-        self.written = {f for f in self.files if os.path.isfile(os.path.join(self.out, f))}
 
     def done(self) -> set[str]:
         """Keys of the inputs that finished without error (a resumed run skips them)."""
@@ -123,7 +120,6 @@ class BatchFolder:
 
     def _write(self, name: str, data: bytes) -> None:
         publish_file(os.path.join(self.out, name), data, sources=self.sources)
-        self.written.add(name)
 
     def _write_index(self) -> None:
         index = {
