@@ -205,8 +205,17 @@ class LinearScope:
         """The analysis at these shapes: the model run once first, so that a model ONNX Runtime
         cannot run is said in ONNX Runtime's words before any rule is asked, then the Ifs that
         the shapes decide folded (graph/controlflow.py)."""
+        from ..errors import ModelError
+
         analyzed = AnalyzedModel(self.model, shapes, feeds)
-        analyzed.info  # noqa: B018  (the run: its ModelError names ONNX Runtime's message)
+        try:
+            analyzed.info  # noqa: B018  (the run: its ModelError names ONNX Runtime's message)
+        except ModelError:
+            # an op that is not ONNX's (a custom op ONNX Runtime cannot run either) is named by
+            # the analysis, node by node, as any unsupported op is; else ONNX Runtime's words
+            if all(onnx.defs.has(n.op_type, n.domain) for n in analyzed.nodes):
+                raise
+            return analyzed
         return fold_static_ifs(analyzed)
 
     def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
