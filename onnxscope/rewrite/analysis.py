@@ -58,7 +58,11 @@ class Analysis:
             rule = rule_for(node)
             try:
                 if node.op_type in CONTROL_FLOW_OPS:
-                    raise Unsupported("control flow on the input's path is not supported")
+                    raise Unsupported(
+                        "control flow decided by the input's values (its condition or trip "
+                        "count depends on the interpreted input) is not supported; control "
+                        "flow the input shapes decide is expanded"
+                    )
                 if rule is None:
                     raise Unsupported("no linearization rule for this op")
                 plan = rule.plan(node, flags, model)

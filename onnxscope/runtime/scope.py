@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from ..errors import InputError, OnnxscopeError
-from ..graph.controlflow import fold_static_ifs
+from ..graph.controlflow import fold_static_control_flow
 from ..graph.model import AnalyzedModel, load_light
 from ..rewrite.analysis import default_wrt
 from ..rewrite.artifacts import Artifacts
@@ -203,8 +203,9 @@ class LinearScope:
 
     def _analyzed(self, shapes, feeds=None) -> AnalyzedModel:
         """The analysis at these shapes: the model run once first, so that a model ONNX Runtime
-        cannot run is said in ONNX Runtime's words before any rule is asked, then the Ifs that
-        the shapes decide folded (graph/controlflow.py)."""
+        cannot run is said in ONNX Runtime's words before any rule is asked, then the control
+        flow that the shapes decide expanded (Ifs folded, Loops and Scans unrolled:
+        graph/controlflow.py)."""
         from ..errors import ModelError
 
         analyzed = AnalyzedModel(self.model, shapes, feeds)
@@ -216,7 +217,7 @@ class LinearScope:
             if all(onnx.defs.has(n.op_type, n.domain) for n in analyzed.nodes):
                 raise
             return analyzed
-        return fold_static_ifs(analyzed)
+        return fold_static_control_flow(analyzed)
 
     def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
         return self._prepare(input_shapes)[1].artifacts
@@ -694,7 +695,7 @@ class MaskRun(Interpretation):
         left as it is."""
         from .verify import FREQUENCY, JITTERS
 
-        feeds = {**self.inputs, self.scope.wrt: np.ascontiguousarray(x, dtype=self.x.dtype)}
+        feeds = {**self.inputs, self.scope.wrt: np.asarray(x, self.x.dtype, order="C")}
         session = self._s.jittered(self.model)
         draws = [{**feeds, FREQUENCY: np.asarray(f, np.float64)} for f in JITTERS]
         return [dict(zip(self.output_names, session.run(self.output_names, d))) for d in draws]

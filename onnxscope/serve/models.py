@@ -172,7 +172,7 @@ class ServedModel:
                     f"Input {name!r} holds an index out of range: valid flat indices are "
                     f"{-size} to {size - 1}."
                 )
-            checked[name] = np.ascontiguousarray(array)
+            checked[name] = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d 1-d)
         return checked
 
     def infer(
