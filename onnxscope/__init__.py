@@ -2,6 +2,7 @@
 et al., "A Tour of Convolutional Networks Guided by Linear Interpreters" (ICCV 2019)."""
 
 from .errors import InputError, ModelError, OnnxscopeError, UnsupportedModelError
+from .runtime.compare import Comparison, compare
 from .runtime.scope import Interpretation, LinearScope
 
 __version__ = "0.1.0"
@@ -9,6 +10,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LinearScope",
     "Interpretation",
+    "compare",
+    "Comparison",
     "OnnxscopeError",
     "ModelError",
     "InputError",

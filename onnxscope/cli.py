@@ -59,14 +59,22 @@ _input_arg = _arg(lambda text: assignment(text, "NAME=FILE") if "=" in text else
 _other_arg = _arg(lambda text: assignment(text, "NAME=VALUE or NAME=FILE.npy"))
 
 
-def _seed_arg(text: str) -> int:
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"the seed must be 0 or more, got {seed}")
-    return seed
+def _non_negative(what: str):
+    """An argparse type: a whole number of 0 or more (`what` names it in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{what} must be 0 or more, got {value}")
+        return value
+
+    return parse
+
+
+_seed_arg = _non_negative("the seed")
 
 
 def _ints(form: str):
@@ -285,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     inputs(sp)
     output_file(sp, "c_x, shaped like the output")
 
+    sp = sub.add_parser(
+        "diff",
+        help="what changed between two inputs: flipped decisions, how far A_x moved, votes",
+        description="Compare the interpretations at two inputs A and B (or A and a noisy copy, "
+        "--noise): the decisions each frozen unit flipped, ‖A_B − A_A‖_F / ‖A_A‖_F estimated "
+        "with random probes, each class's output, Σ votes and bias at both, and with --steps "
+        "the decisions flipped along the segment from A to B.",
+    )
+    common(sp)
+    _add_diff_arguments(sp)
+
     _add_report_parser(sub)
     from .converters.convert import add_parser as add_convert_parser  # `convert`: converters/
 
@@ -300,6 +319,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch_commands.add_parser(sub)
     return p
+
+
+def _add_diff_arguments(sp) -> None:
+    sp.add_argument("first", metavar="A", help="the first input: an image, or a .npy/.npz")
+    sp.add_argument(
+        "second", metavar="B", nargs="?", help="the second input (or give --noise instead)"
+    )
+    sp.add_argument(
+        "--noise",
+        type=float,
+        help="B = A + Gaussian noise whose standard deviation is this share of A's (e.g. 0.01)",
+    )
+    sp.add_argument("--seed", type=_seed_arg, default=0, help="seed of the noise and probes (0)")
+    sp.add_argument(
+        "--steps",
+        type=_non_negative("the number of steps"),
+        default=0,
+        help="also compare the decisions at N + 1 evenly spaced points from A to B (0: off)",
+    )
+    sp.add_argument(
+        "--class",
+        dest="classes",
+        type=_target_arg,
+        action="append",
+        metavar="K|LABEL|top",
+        help="class whose output, Σ votes and bias are compared (default: the top class at A "
+        "and at B); repeat for several",
+    )
+    sp.add_argument(
+        "--probes", type=positive_int, default=8, help="random probes of the ‖A_B − A_A‖ estimate"
+    )
+    sp.add_argument(
+        "--output-name", help="the output whose A_x and classes are compared (default: the first)"
+    )
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="also write a one-file HTML page with the figures (.html appended if missing)",
+    )
+    add_image_options(sp, logits=False)
 
 
 def _add_report_parser(sub) -> None:
@@ -716,6 +776,78 @@ def cmd_votes(args) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args) -> int:
+    """`onnxscope diff MODEL A [B]`: what changed between the interpretations at A and B."""
+    from .graph.model import graph_inputs, input_feeds, input_spec, resolve_input_shapes
+    from .runtime.compare import compare
+
+    if (args.second is None) == (args.noise is None):
+        raise InputError("diff compares A with B or with a noisy copy of A: give B or --noise.")
+    if args.noise is not None and not args.noise > 0:
+        raise InputError(f"--noise must be a number > 0, not {args.noise}.")
+    sources = [("input model", args.model), ("input A", args.first)]
+    sources += [("input B", args.second)] if args.second else []
+    if args.report:
+        check_file(args.report, sources=sources, suffix=".html")  # before the work
+    scope = _scope(args)
+    specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
+    first = _input_value(args, scope.wrt, args.first, specs[scope.wrt])
+    if args.noise is not None:
+        rng = np.random.default_rng(args.seed)
+        noise = args.noise * float(first.std()) * rng.standard_normal(first.shape)
+        second = (first + noise).astype(first.dtype)
+        second_text = f"A + noise ({args.noise:g} of A's standard deviation, seed {args.seed})"
+    else:
+        second = _input_value(args, scope.wrt, args.second, specs[scope.wrt])
+        second_text = args.second
+    shapes = resolve_input_shapes(scope.model, {**dict(args.input_shape), scope.wrt: first.shape})
+    fed = input_feeds(specs, {scope.wrt: first}, shapes, seed=args.seed)
+    fed.pop(scope.wrt)
+    for name, value in fed.items():
+        print(
+            f"onnxscope: notice: '{name}' is not compared: a random input "
+            f"{list(value.shape)} (seed {args.seed}) was used at both",
+            file=sys.stderr,
+        )
+    found = compare(
+        scope, first, second, output=args.output_name, classes=args.classes or "top",
+        probes=args.probes, steps=args.steps, seed=args.seed, **fed,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(found.summary(), indent=2))
+    else:
+        _print_comparison(found, args.first, second_text, scope.wrt, first.shape)
+    if args.report:
+        from .report.compare import comparison_page
+
+        page = comparison_page(found, args.first, second_text, first, second)
+        print(f"Wrote {publish_file(args.report, page, sources=sources, suffix='.html')}.")
+    return EXIT_OK
+
+
+def _print_comparison(found, first: str, second: str, wrt: str, shape) -> None:
+    flipped = [layer for layer in found.layers if layer.discrete and layer.changed]
+    discrete = [layer for layer in found.layers if layer.discrete]
+    share = found.flips / found.decisions if found.decisions else 0.0
+    print(f"A: {first}\nB: {second}")
+    print(f"input '{wrt}' {list(shape)}, output '{found.output}', {found.mode} mode")
+    print(
+        f"decisions flipped: {found.flips} of {found.decisions} ({share:.3%}), in "
+        f"{len(flipped)} of {len(discrete)} decision layer(s)"
+    )
+    print(
+        f"||A_B - A_A||_F / ||A_A||_F ~ {found.linear_change:.4g} ({found.probes} random probes;"
+        f" ||A_A||_F ~ {found.linear_norm[0]:.4g}, ||A_B||_F ~ {found.linear_norm[1]:.4g})\n"
+    )
+    _table(*found.layer_table())
+    if found.classes:
+        print()
+        _table(*found.class_table())
+    if found.path:
+        flips = " ".join(str(s.flips) for s in found.path)
+        print(f"\npath A -> B in {len(found.path)} steps: decisions flipped per step: {flips}")
+
+
 def _target_arg(text: str):
     """--class: a class index, 'top' (each sample's largest output) or a label (--labels)."""
     try:
@@ -771,6 +903,7 @@ COMMANDS = {
     "votes": cmd_votes,
     "bias": cmd_bias,
     "svd": cmd_svd,
+    "diff": cmd_diff,
     "report": cmd_report,
     "convert": cmd_convert,
 }
