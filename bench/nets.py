@@ -1,7 +1,7 @@
 """Architectures for benchmarks (no torchvision), built from the test suite's blocks
 (samples/architectures/torch_models.py) so the two never drift apart: ResNet-18,
-MobileNetV3-Small (its real layout: hardswish, squeeze-excite with hardsigmoid, depthwise convs)
-and a U-Net for image-to-image at 128²."""
+MobileNetV3-Small (its real layout: hardswish, squeeze-excite with hardsigmoid, depthwise convs),
+a U-Net for image-to-image at 128², and a MobileNetV3-Large + LR-ASPP segmentation net at 256²."""
 
 from __future__ import annotations
 
@@ -80,6 +80,84 @@ class MobileNetV3Small(nn.Module):
         return self.head(torch.flatten(y, 1))
 
 
+class MobileNetV3LRASPP(nn.Module):
+    """A segmentation net of the deployed kind: the MobileNetV3-Large backbone (Howard et al.
+    2019, table 1: hardswish, squeeze-excite gates, depthwise convs; the last stride-2 block at
+    stride 1 for an output stride of 16) and an LR-ASPP head (section 6.4: a 1x1 conv branch
+    gated by a sigmoid of its global pool, bilinear upsampling, a 1/8 skip), at 256²."""
+
+    LAYOUT = [  # (k, hidden, out, se, hardswish, stride)
+        (3, 16, 16, False, False, 1),
+        (3, 64, 24, False, False, 2),
+        (3, 72, 24, False, False, 1),
+        (5, 72, 40, True, False, 2),
+        (5, 120, 40, True, False, 1),
+        (5, 120, 40, True, False, 1),  # -> the 1/8 skip
+        (3, 240, 80, False, True, 2),
+        (3, 200, 80, False, True, 1),
+        (3, 184, 80, False, True, 1),
+        (3, 184, 80, False, True, 1),
+        (3, 480, 112, True, True, 1),
+        (3, 672, 112, True, True, 1),
+        (5, 672, 160, True, True, 1),  # stride 2 in the classifier; 1 for segmentation
+        (5, 960, 160, True, True, 1),
+        (5, 960, 160, True, True, 1),
+    ]
+    SKIP = 6  # blocks up to the 1/8 skip (with the stem)
+
+    def __init__(self, classes: int = 21):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        ]
+        cin = 16
+        for k, hidden, cout, se, hs, stride in self.LAYOUT:
+            act = nn.Hardswish if hs else nn.ReLU
+            layers.append(InvertedResidual(cin, hidden, cout, k, stride, se=se, act=act))
+            cin = cout
+        layers.append(nn.Sequential(nn.Conv2d(cin, 960, 1, bias=False), nn.BatchNorm2d(960),
+                                    nn.Hardswish()))  # fmt: skip
+        self.low = nn.Sequential(*layers[: self.SKIP + 1])
+        self.high = nn.Sequential(*layers[self.SKIP + 1 :])
+        self.branch = nn.Sequential(nn.Conv2d(960, 128, 1, bias=False), nn.BatchNorm2d(128),
+                                    nn.ReLU())  # fmt: skip
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(960, 128, 1), nn.Sigmoid())
+        self.high_classes = nn.Conv2d(128, classes, 1)
+        self.low_classes = nn.Conv2d(40, classes, 1)
+
+    def forward(self, x):
+        low = self.low(x)
+        high = self.high(low)
+        y = self.branch(high) * self.gate(high)
+        up = nn.functional.interpolate
+        y = up(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.high_classes(y) + self.low_classes(low)
+        return up(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def calibrate(self, seed: int = 0) -> None:
+        """Real-weights-like: torchvision's initialisation for MobileNetV3 (Kaiming normal,
+        fan-out), BatchNorm scales around 1, and BatchNorm statistics measured on the
+        activations of random images (as training leaves them), so every unit sees inputs in
+        its working range instead of collapsing to one piece."""
+        g = torch.Generator().manual_seed(seed)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+                m.weight.data = torch.randn(m.weight.shape, generator=g) * (2 / fan_out) ** 0.5
+                if m.bias is not None:
+                    m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=g)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data = 0.5 + torch.rand(m.num_features, generator=g)
+                m.bias.data = 0.2 * torch.randn(m.num_features, generator=g)
+                m.momentum = None  # a cumulative average over the calibration batches
+                m.reset_running_stats()
+        self.train()
+        with torch.no_grad():
+            for _ in range(4):
+                self(torch.randn(4, 3, 256, 256, generator=g))
+        self.eval()
+
+
 def unet(width: int = 32) -> nn.Module:
     """The test suite's U-Net (MaxPool, strided conv, ConvTranspose, bilinear and nearest
     upsampling, skips) at a benchmark width, RGB in and out."""
@@ -91,11 +169,16 @@ BENCH_NETS = {
     "resnet18": (ResNet18, 224, "classifier"),
     "mobilenetv3": (MobileNetV3Small, 224, "classifier"),
     "unet128": (unet, 128, "image"),
+    "lraspp256": (MobileNetV3LRASPP, 256, "image"),
 }
 
 
 def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Deterministic weights and non-trivial BatchNorm statistics."""
+    """Deterministic weights and non-trivial BatchNorm statistics (a net that calibrates
+    itself, `calibrate`, does so instead)."""
+    if hasattr(module, "calibrate"):
+        module.calibrate(seed)
+        return module.eval()
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
