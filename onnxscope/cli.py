@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="read outputs computed by a Softmax or LogSoftmax through their logits",
         )
+        add_mode_option(sp)
 
     sp = sub.add_parser("inspect", help="list the nonlinear units, gates and unsupported nodes")
     common(sp, optional_model=True)
@@ -407,13 +408,27 @@ def _add_report_parser(sub) -> None:
     )
     arg("--alpha", type=float, default=0.7, help="opacity of maps drawn over the input (0.7)")
     many("--other", "other", _other_arg, "NAME=VALUE", "another input: a number or a .npy file")
-    add_image_options(sp)
+    add_image_options(sp, mode_both=True)
 
 
-def add_image_options(sp, logits: bool = True) -> None:
+MODE_HELP = (
+    "how smooth units and products are linearized: secant (the paper's interpreter: each "
+    "smooth unit by its secant through f(0), one operand of each product frozen; the default) "
+    "or tangent (each by its tangent at x, products by the product rule: A_x is the Jacobian)"
+)
+
+
+def add_mode_option(sp, both: bool = False) -> None:
+    """--mode secant|tangent (and `both`, for a report of the two side by side)."""
+    choices = ["secant", "tangent", *(["both"] if both else [])]
+    extra = "; both: the two side by side" if both else ""
+    sp.add_argument("--mode", choices=choices, default="secant", help=MODE_HELP + extra)
+
+
+def add_image_options(sp, logits: bool = True, mode_both: bool = False) -> None:
     """How an image file becomes the model input (onnxscope.report.images), and how its output
-    is read (--labels, and --logits unless the parser has it already): the options every
-    command that reads an image shares."""
+    is read (--labels, and --logits and --mode unless the parser has them already): the options
+    every command that reads an image shares."""
     arg = sp.add_argument
     arg("--labels", type=lambda t: t.split(","), help="class names: a,b,c")
     arg("--layout", choices=["NCHW", "NHWC"], help="default: from the input shape")
@@ -439,6 +454,7 @@ def add_image_options(sp, logits: bool = True) -> None:
             action="store_true",
             help="read outputs computed by a Softmax or LogSoftmax through their logits",
         )
+        add_mode_option(sp, both=mode_both)
 
 
 IMAGE_CONVENTIONS = ("layout", "color", "size", "scale", "mean", "std", "resize")
@@ -470,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _scope(args):
-    """The LinearScope of the command's model (--wrt, --device, --logits, --labels), saying on
-    stderr which outputs --logits cut, or that there was none."""
+    """The LinearScope of the command's model (--wrt, --device, --logits, --labels, --mode),
+    saying on stderr which outputs --logits cut, or that there was none, and the tangent mode."""
     import warnings
 
     from .runtime.scope import LinearScope
@@ -485,7 +501,10 @@ def _scope(args):
             providers=args.device,
             labels=getattr(args, "labels", None),
             logits=logits,
+            mode=getattr(args, "mode", "secant"),
         )
+    if scope.mode == "tangent":
+        print("onnxscope: notice: tangent mode: A_x is the Jacobian of F at x", file=sys.stderr)
     for warning in caught:
         print(f"onnxscope: notice: {warning.message}", file=sys.stderr)
     if scope.cut:
@@ -511,13 +530,14 @@ def cmd_inspect(args) -> int:
     scope = _scope(args)
     model = scope.analyze(dict(args.input_shape))
     _say_batch_defaults(scope, args)
-    analysis = Analysis(model, scope.wrt)
+    analysis = Analysis(model, scope.wrt, scope.mode)
     units = analysis.units()
     if args.json:
         print(
             json.dumps(
                 {
                     "wrt": scope.wrt,
+                    "mode": scope.mode,
                     "units": [vars(u) for u in units],
                     "unsupported": [
                         {"node": n, "op": op, "why": why} for n, op, why in analysis.problems
@@ -528,8 +548,8 @@ def cmd_inspect(args) -> int:
         )
     else:
         print(
-            f"Interpreting input '{scope.wrt}' {list(model.input_shapes[scope.wrt])}: "
-            f"{len(units)} frozen unit(s) and gate(s)."
+            f"Interpreting input '{scope.wrt}' {list(model.input_shapes[scope.wrt])} "
+            f"({scope.mode} mode): {len(units)} frozen unit(s) and gate(s)."
         )
         rows = [(u.node, u.op, u.kind, u.frozen) for u in units]
         _table(("node", "op", "kind", "frozen to"), rows)
@@ -643,7 +663,8 @@ def cmd_verify(args) -> int:
     given = any(name in (None, scope.wrt) for name, _ in args.input)  # (None: --input FILE)
     where = "the given input" if given else f"a random input N(0, 1), seed {args.seed}"
     if args.json:
-        print(json.dumps({**v, **v.as_dict(), "ok": ok, "wrt": scope.wrt, "at": where}))
+        summary = {"ok": ok, "wrt": scope.wrt, "mode": scope.mode, "at": where}
+        print(json.dumps({**v, **v.as_dict(), **summary}))
         return EXIT_OK if ok else EXIT_CHECK_FAILED
     for name, value in v.items():
         verdict = "ok" if v.passed(name) else "FAILED"
@@ -661,6 +682,8 @@ def cmd_verify(args) -> int:
             f"{v.adjoint_error}"
         )
     print(f"{'conditioning':15s} {v.conditioning:.3g}  ((‖A_x x‖ + ‖c_x‖) / ‖F(x)‖)")
+    what = "A_x is the Jacobian of F at x" if scope.mode == "tangent" else "secants through f(0)"
+    print(f"{'mode':15s} {scope.mode} ({what})")
     hint = "" if given else f"; pass --input {scope.wrt}=FILE.npy for a real one"
     print(f"at {where} for '{scope.wrt}'{hint}")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
@@ -874,7 +897,7 @@ def _save_npy(args, array: np.ndarray) -> str:
 
 REPORT_OPTIONS = (  # the write_report options the subcommand passes through as they are
     "wrt outputs classes top labels rows columns channel crop svd_k mask_layer device layout "
-    "color size scale mean std resize logits sign clip alpha"
+    "color size scale mean std resize logits mode sign clip alpha"
 ).split()
 
 

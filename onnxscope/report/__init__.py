@@ -70,6 +70,7 @@ def build_report(
     std=None,
     resize: str | None = None,
     logits: bool = False,
+    mode: str = "secant",
     sign: str = "all",
     clip: float = 99.5,
     alpha: float = 0.7,
@@ -98,6 +99,9 @@ def build_report(
                  onnxscope.report.images).
       logits     interpret the logits under outputs computed by a Softmax or LogSoftmax (votes
                  on logits, as the paper reads them) instead of the probabilities.
+      mode       'secant' (the paper's interpreter), 'tangent' (A_x the Jacobian at x) or
+                 'both': the secant report plus each vector output's votes in both modes side
+                 by side.
       sign, clip, alpha: how signed maps are drawn (onnxscope.report.figures.Display): all,
                  positive, negative or absolute; the colour scale's percentile of |value|
                  (99.5); the opacity of maps over the input (0.7).
@@ -114,7 +118,15 @@ def build_report(
     bar.step("rewriting the model")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (no Softmax: the page says what was read)
-        scope = LinearScope(model, wrt=wrt, providers=device, logits=logits)
+        if mode not in ("secant", "tangent", "both"):
+            raise InputError(f"mode must be secant, tangent or both, not {mode!r}.")
+        scope = LinearScope(
+            model,
+            wrt=wrt,
+            providers=device,
+            logits=logits,
+            mode="secant" if mode == "both" else mode,
+        )
     cut = scope.cut
     specs = {vi.name: input_spec(vi) for vi in graph_inputs(scope.model)}
     x, conv = load_image(
@@ -149,12 +161,22 @@ def build_report(
             f"{len(labels)} labels given, but no vector output has that many "
             f"elements (they have {sizes})."
         )
+    tangent = None
+    if mode == "both":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tangent_scope = LinearScope(
+                model, wrt=wrt, providers=device, logits=logits, mode="tangent"
+            )
+        tangent = tangent_scope.interpret(x, **others)
     bar.total = 4 + len(chosen)
     for name in chosen:
         bar.step(f"output {name}")
         kind = output_kind(it.outputs[name].shape, conv.layout)
         if kind == "vector":
             r.vector_section(name, classes, top)
+            if tangent is not None:
+                r.modes_section(name, tangent, classes, top)
         elif kind == "image":
             r.image_section(name, rows, columns, crop, svd_k)
         else:

@@ -75,6 +75,7 @@ class Report:
             ("opset / producer", f"{opset} / {scope.model.producer_name or '?'}"),
             ("inputs", "; ".join(f"{n} {v[0]} {v[1]}" for n, v in specs.items())),
             ("interpreted input", f"{scope.wrt} {list(it.x.shape)}"),
+            ("mode", scope.mode),
             ("outputs", "; ".join(f"{n} {list(v.shape)}" for n, v in it.outputs.items())),
             ("device", f"{device} (providers: {', '.join(map(provider_name, scope.providers))})"),
             ("image", conv.source),
@@ -93,11 +94,9 @@ class Report:
         self.numbers["conventions"] = conv.as_dict()
         self.sections.append(("Model and input", _table(("", ""), rows)))
 
-    def vector_section(self, name: str, classes, top: int) -> None:
-        from . import figures
-
-        it = self.it
-        out = it.outputs[name].ravel()
+    def classes_of(self, name: str, classes, top: int):
+        """(the classes shown, their ordering by output, what they are, a label function)."""
+        out = self.it.outputs[name].ravel()
         names = self.labels if self.labels and len(self.labels) == out.size else None
         what = "class" if names or self.classes else "output element"
         label = lambda k: f"{names[k]} ({name}[{k}])" if names else f"{name}[{k}]"  # noqa: E731
@@ -105,6 +104,14 @@ class Report:
         if classes and not all(-out.size <= k < out.size for k in classes):
             raise InputError(f"Classes {classes} out of range for output '{name}' ({out.size}).")
         shown = [int(k) % out.size for k in classes] if classes else order[: max(1, top)]
+        return shown, order, what, label
+
+    def vector_section(self, name: str, classes, top: int) -> None:
+        from . import figures
+
+        it = self.it
+        out = it.outputs[name].ravel()
+        shown, order, what, label = self.classes_of(name, classes, top)
         charted = list(dict.fromkeys(shown + order[:10]))
         votes = it.x * it.rows(charted, name)  # x ⊙ A_xᵀe_k, one per class
         sums = votes.reshape(len(charted), -1).sum(axis=1, dtype=np.float64)
@@ -132,6 +139,39 @@ class Report:
         body += _table(columns, [tuple(_fmt(c[key]) for key in VOTE_KEYS) for c in record])
         self.numbers.setdefault("outputs", {})[name] = {"kind": "vector", "classes": record}
         self.sections.append((f"Output '{name}' {list(it.outputs[name].shape)}: votes", body))
+
+    def modes_section(self, name: str, tangent, classes, top: int) -> None:
+        """`report --mode both`: each shown class's votes from the secant interpreter (this
+        report's) beside the tangent one's (`tangent`, A_x the Jacobian), on one colour scale
+        per class; both sum with their bias to the same output."""
+        from . import figures
+
+        shown, _, what, label = self.classes_of(name, classes, top)
+        its = {"secant": self.it, "tangent": tangent}
+        votes = {mode: it.x * it.rows(shown, name) for mode, it in its.items()}
+        body, record = "", []
+        for n, k in enumerate(shown):
+            maps, how = [], ""
+            for mode in its:
+                (m,), _, how = figures.channel_maps(self.chw(votes[mode][n]), False)
+                maps.append(m)
+            sums = {mode: float(votes[mode][n].sum(dtype=np.float64)) for mode in its}
+            biases = {mode: float(it.biases[name].ravel()[k]) for mode, it in its.items()}
+            titles = [f"{mode}: Σ votes {sums[mode]:.4g}, bias {biases[mode]:.4g}" for mode in its]
+            fig = figures.vote_maps(self.picture(), maps, titles, how, cols=3, display=self.display)
+            caption = (
+                f"{label(k)}: secant votes (left) and tangent votes (right), one colour scale."
+            )
+            body += self.add_figure(fig, f"modes_{_safe(name)}_{k}.png", caption)
+            record.append({"index": k, "label": label(k), "votes": sums, "bias": biases})
+        rows = [
+            (r["label"], *(_fmt(r[key][mode]) for mode in its for key in ("votes", "bias")))
+            for r in record
+        ]
+        header = (what, "secant Σ votes", "secant bias", "tangent Σ votes", "tangent bias")
+        body += _table(header, rows)
+        self.numbers.setdefault("modes", {})[name] = record
+        self.sections.append((f"Output '{name}': votes, secant and tangent", body))
 
     def image_section(self, name: str, rows, columns, crop, k: int) -> None:
         from . import figures

@@ -20,6 +20,10 @@ from ..graph.ops import CONTROL_FLOW_OPS
 from .registry import rule_for
 from .rules.kinds import Plan
 
+# secant: units frozen by their secant through f(0) and one operand of each product frozen (the
+# paper's interpreter); tangent: every smooth node by its tangent plane at x (A_x = the Jacobian)
+MODES = ("secant", "tangent")
+
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
@@ -39,9 +43,12 @@ class UnitRecord:
 class Analysis:
     """Which tensors carry the probe's linear part, each node's plan, and what is unsupported."""
 
-    def __init__(self, model: AnalyzedModel, wrt: str):
+    def __init__(self, model: AnalyzedModel, wrt: str, mode: str = "secant"):
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
         self.model = model
         self.wrt = wrt
+        self.mode = mode
         dtype = {vi.name: input_spec(vi)[1] for vi in graph_inputs(model.model)}[wrt]
         if not np.issubdtype(dtype, np.floating):
             raise InputError(f"Input '{wrt}' has dtype {dtype}; only float inputs can be probed.")
@@ -66,6 +73,8 @@ class Analysis:
                 if rule is None:
                     raise Unsupported("no linearization rule for this op")
                 plan = rule.plan(node, flags, model)
+                if mode == "tangent":
+                    plan = rule.tangent_plan(node, flags, model, plan)
             except (Unsupported, ModelError) as exc:
                 problems[idx] = (node_label(node, idx), node.op_type, str(exc))
                 plan = Plan(

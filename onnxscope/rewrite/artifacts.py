@@ -70,6 +70,10 @@ class Artifacts:
             graphs["adjoint.onnx"] = self.adjoint
         readings = self.readings(output, only)
         graphs.update({f"{name}.onnx": r.model for name, r in readings.items()})
+        mode = self.manifest.get("mode", "secant")
+        if mode != "secant":  # (secant graphs stay as they were)
+            for model in graphs.values():
+                stamp_mode(model, mode)
         return graphs, readings
 
     def validate(self, graphs: dict[str, onnx.ModelProto] | None = None) -> None:
@@ -219,3 +223,14 @@ def model_like(
     model.doc_string = f"onnxscope {role} graph"
     del model.metadata_props[:]
     return model
+
+
+MODE_KEY = "onnxscope.mode"
+
+
+def stamp_mode(model: onnx.ModelProto, mode: str) -> None:
+    """Name the interpreter's mode in a graph's metadata (`onnxscope.mode`: tangent)."""
+    kept = [p for p in model.metadata_props if p.key != MODE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=MODE_KEY, value=mode)

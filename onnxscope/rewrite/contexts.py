@@ -2,10 +2,17 @@
 
 Layout: every tensor t of static shape s has twins of shape [K, *s] (one slice per probe); masks
 and frozen values keep shape s and broadcast over the probe axis.
+
+`mode` is "secant" (units frozen by their secant through f(0), one operand of a product frozen)
+or "tangent" (every smooth node replaced by its tangent plane at x, so that A_x is the Jacobian):
+in tangent mode a node whose plan says `tangent` is emitted by `LinearContext.emit` and
+`AdjointContext.emit` from its rule's partial derivatives (the product rule), and the rules'
+masks hold derivatives (`m.tangent`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +34,11 @@ class NodeContext:
     index: int
     plan: Plan
     record: UnitRecord
+    mode: str = "secant"
+
+    @property
+    def tangent(self) -> bool:
+        return self.mode == "tangent"
 
     def at(self, index: int, node: onnx.NodeProto, plan: Plan, record: UnitRecord) -> None:
         self.index, self.node, self.plan, self.record = index, node, plan, record
@@ -35,8 +47,8 @@ class NodeContext:
 class MaskContext(NodeContext):
     """What a rule sees while adding its decisions to the mask graph."""
 
-    def __init__(self, model: AnalyzedModel, b: GraphBuilder):
-        self.model, self.b = model, b
+    def __init__(self, model: AnalyzedModel, b: GraphBuilder, mode: str = "secant"):
+        self.model, self.b, self.mode = model, b, mode
         self.replaced: dict[int, list[onnx.NodeProto]] = {}  # node index -> its stand-ins
 
     def add(self, label: str, tensor: str) -> None:
@@ -72,8 +84,8 @@ class TwinContext(NodeContext):
 
     affine = False
 
-    def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probe: str):
-        self.model, self.wrt, self.b = model, wrt, b
+    def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probe: str, mode: str):
+        self.model, self.wrt, self.b, self.mode = model, wrt, b, mode
         self.imports: dict[str, str] = {}  # graph input name -> mask-graph output name
         # tensors made here whose shape ONNX's inference gets wrong, with their dtype and rank:
         # the graph lists them as outputs, so that ONNX Runtime, which plans buffer reuse by
@@ -179,10 +191,53 @@ class LinearContext(TwinContext):
     `c.lin(i)` is the twin of input i ([K, *s]); `c.value(i)` is input i as a frozen value (s).
     """
 
-    def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probe: str, affine: bool):
-        super().__init__(model, wrt, b, probe)
+    def __init__(
+        self,
+        model: AnalyzedModel,
+        wrt: str,
+        b: GraphBuilder,
+        probe: str,
+        affine: bool,
+        mode: str = "secant",
+    ):
+        super().__init__(model, wrt, b, probe, mode)
         self.affine = affine
         self.env: dict[str, str] = {wrt: probe}
+
+    def emit(self, rule) -> None:
+        """The node's twin: its rule's, or where the plan says `tangent` its tangent plane at x,
+        y = sum_i D_i[lin(i)] over the carried inputs (the product rule: for a*b, b0*da + a0*db),
+        and in the affine twin y(x) + sum_i D_i[aff(i) - u_i(x)], whose constant part
+        y(x) - sum_i D_i[u_i(x)] is the node's intercept (for a*b: -a0*b0)."""
+        if not self.plan.tangent:
+            rule.linear(self.node, self)
+            return
+        terms = []
+        for i in self.plan.carried:
+            twin = self.lin(i)
+            if self.affine:
+                twin = self.b.op("Sub", [twin, self.value(i)], "from_x")
+            terms.append(self.partial(rule, i, twin))
+        y = terms[0] if len(terms) == 1 else self.b.op("Sum", terms, "product_rule")
+        if self.affine:
+            y = self.b.op("Add", [y, self.value_of(self.node.output[0])], "tangent_plane")
+        self.set_out(y)
+
+    def partial(self, rule, i: int, twin: str) -> str:
+        """D_i[twin]: the rule's linear twin with input i alone carried (every other input at
+        its value at x) applied to `twin` ([K, *s_i])."""
+        name, plan, affine = self.node.input[i], self.plan, self.affine
+        before = self.env.get(name)
+        self.plan, self.affine, self.env[name] = replace(plan, carried=(i,)), False, twin
+        try:
+            rule.linear(self.node, self)
+            return self.env[self.node.output[0]]
+        finally:
+            self.plan, self.affine = plan, affine
+            if before is None:
+                del self.env[name]
+            else:
+                self.env[name] = before
 
     def lin(self, i: int) -> str:
         return self.env[self.node.input[i]]
@@ -217,10 +272,31 @@ class AdjointContext(TwinContext):
     `a.add_grad(i, g)` adds g ([K, *in_i]) to input i's cotangent (fan-out is summed here).
     """
 
-    def __init__(self, model: AnalyzedModel, wrt: str, b: GraphBuilder, probes: dict[str, str]):
-        super().__init__(model, wrt, b, next(iter(probes.values())))
+    def __init__(
+        self,
+        model: AnalyzedModel,
+        wrt: str,
+        b: GraphBuilder,
+        probes: dict[str, str],
+        mode: str = "secant",
+    ):
+        super().__init__(model, wrt, b, next(iter(probes.values())), mode)
         self._parts: dict[str, list[str]] = {name: [p] for name, p in probes.items()}
         self._totals: dict[str, str | None] = {}
+
+    def emit(self, rule) -> None:
+        """The node's adjoint: its rule's, or for a tangent plane with several carried inputs
+        the sum of the partials' adjoints, D_i^T g to input i (`LinearContext.emit`)."""
+        plan = self.plan
+        if not plan.tangent or len(plan.carried) == 1:
+            rule.adjoint(self.node, self)
+            return
+        try:
+            for i in plan.carried:
+                self.plan = replace(plan, carried=(i,))
+                rule.adjoint(self.node, self)
+        finally:
+            self.plan = plan
 
     def total(self, tensor: str) -> str | None:
         """The summed cotangent of a tensor (None if no contribution reached it)."""

@@ -86,9 +86,9 @@ class Walk:
 class Rewrite:
     """Builds the artifacts for `model` (already analyzed at fixed shapes) and input `wrt`."""
 
-    def __init__(self, model: AnalyzedModel, wrt: str):
-        self.model, self.wrt = model, wrt
-        self.analysis = Analysis(model, wrt)
+    def __init__(self, model: AnalyzedModel, wrt: str, mode: str = "secant"):
+        self.model, self.wrt, self.mode = model, wrt, mode
+        self.analysis = Analysis(model, wrt, mode)
         self.analysis.check()
 
     def build(self) -> Artifacts:
@@ -145,7 +145,7 @@ class Rewrite:
     def _masks(self) -> None:
         m = self.model
         self._mb = GraphBuilder(m.opset, self.walk.taken)
-        ctx = MaskContext(m, self._mb)
+        ctx = MaskContext(m, self._mb, self.mode)
         lin = self.analysis.lin
 
         def emit(rule, node, ctx):
@@ -253,8 +253,8 @@ class Rewrite:
             probe = b.const(np.zeros((1, *x_shape), x_dtype), hint="zero_probe")
         else:
             probe = self.probe
-        c = LinearContext(m, self.wrt, b, probe, affine)
-        walk.visit(c, b, lambda rule, node, c: rule.linear(node, c))
+        c = LinearContext(m, self.wrt, b, probe, affine, self.mode)
+        walk.visit(c, b, lambda rule, node, c: c.emit(rule))
         outputs = []
         for name in m.outputs:
             shape, dtype = m.shape(name), m.dtype(name)
@@ -285,11 +285,11 @@ class Rewrite:
         single = len(m.outputs) == 1
         probes = {o: b.fresh(PROBE if single else f"{PROBE}:{o}") for o in m.outputs}
         seeds = {o: p for o, p in probes.items() if o in self.analysis.lin}
-        a = AdjointContext(m, self.wrt, b, seeds or probes)
+        a = AdjointContext(m, self.wrt, b, seeds or probes, self.mode)
         walk.visit(
             a,
             b,
-            lambda rule, node, a: rule.adjoint(node, a),
+            lambda rule, node, a: a.emit(rule),
             reverse=True,
             skip=lambda a: all(a.grad(j) is None for j in a.plan.lin_outputs),
             what="adjoint",
@@ -349,6 +349,7 @@ class Rewrite:
             )
         return {
             "wrt": self.wrt,
+            "mode": self.mode,
             "input_shapes": {k: list(v) for k, v in self.model.input_shapes.items()},
             "outputs": self.model.outputs,
             # tensors whose shape ONNX's inference gets wrong: the mask graph (and scope.onnx)
@@ -377,17 +378,17 @@ def bias_layers(walk: Walk, selector: str) -> tuple[onnx.ModelProto, dict[str, s
             b.op("Concat", [count, b.ints(x_shape)], "zshape", axis=0),
         ],
     )
-    c = LinearContext(m, walk.wrt, b, probe, affine=False)
+    c = LinearContext(m, walk.wrt, b, probe, affine=False, mode=walk.analysis.mode)
     labels = []
 
     def emit(rule, node, c):
         position = len(labels)
         labels.append(node_label(node, c.index))
         c.affine = False
-        rule.linear(node, c)
+        c.emit(rule)
         plain = {j: c.env[node.output[j]] for j in c.plan.lin_outputs}
         c.affine = True
-        rule.linear(node, c)
+        c.emit(rule)
         pick = b.slice(selector, [position], [position + 1], [1], "pick")
         for j, lin in plain.items():
             rank = len(m.shape(node.output[j]))
@@ -422,5 +423,5 @@ def _outputs_of(nodes) -> list[str]:
     return [o for n in nodes for o in n.output if o]
 
 
-def rewrite(model: AnalyzedModel, wrt: str) -> Artifacts:
-    return Rewrite(model, wrt).build()
+def rewrite(model: AnalyzedModel, wrt: str, mode: str = "secant") -> Artifacts:
+    return Rewrite(model, wrt, mode).build()

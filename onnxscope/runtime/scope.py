@@ -144,6 +144,7 @@ class LinearScope:
         labels: Sequence[str] | None = None,
         batch_axis: int | str | None = "auto",
         logits: bool = False,
+        mode: str = "secant",
     ):
         """`providers`: "cpu", "cuda" or an ONNX Runtime provider list (default
         $ONNXSCOPE_DEVICE, else the CPU). `probe_batch`: probes per run of the linear and adjoint
@@ -153,8 +154,16 @@ class LinearScope:
         input is the batch axis where the model declares it free or 1 and every output carries
         it), 0 (axis 0 whatever its declared size), or None (x is always one input). `logits`:
         read each output computed by a Softmax or LogSoftmax through the logits under it (the
-        outputs renamed NAME_logits; `cut` lists the outputs cut), as the paper reads votes."""
+        outputs renamed NAME_logits; `cut` lists the outputs cut), as the paper reads votes.
+        `mode`: "secant" (the paper's interpreter: each smooth unit frozen by its secant through
+        f(0), one operand of each product frozen) or "tangent" (each smooth node replaced by its
+        tangent plane at x, products by the product rule: A_x is the Jacobian of F at x)."""
+        from ..rewrite.analysis import MODES
+
         require_ort()
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
+        self.mode = mode
         if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
             raise InputError(
                 f"LinearScope takes a model file path or an onnx.ModelProto, not "
@@ -234,7 +243,8 @@ class LinearScope:
         key = tuple(sorted(shapes.items()))
         if rebuild or key not in self._cache:
             analyzed = self._analyzed(shapes, feeds)
-            sessions = _Sessions(rewrite(analyzed, self.wrt), self.providers, self.threads)
+            artifacts = rewrite(analyzed, self.wrt, self.mode)
+            sessions = _Sessions(artifacts, self.providers, self.threads)
             self._cache[key] = (analyzed, sessions)
         return self._cache[key]
 

@@ -3,7 +3,9 @@
 A product of two tensors that both depend on the input (Mul, Div, MatMul, Gemm) is bilinear: one
 operand is frozen at its value at x and becomes a mask (DESIGN.md section 2). Div freezes its
 denominator; otherwise an operand reached through a gate (Sigmoid, HardSigmoid, Softmax, Tanh,
-Erf) is frozen, and failing that the second operand.
+Erf) is frozen, and failing that the second operand. In tangent mode both operands are carried
+and the product rule applies (contexts.py, `LinearContext.emit`): each rule's twin with one
+operand carried is then that operand's partial derivative.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ register_self_linear("Neg")
 @register("Mul")
 class Mul(Rule):
     # y = a * v with v a value (or a frozen operand)
+    tangent = "plane"
+
     def plan(self, node, lin, model) -> Plan:
         return product_plan(node, lin, model)
 
@@ -103,7 +107,10 @@ class Mul(Rule):
 @register("Div")
 class Div(Rule):
     # a / v: the denominator is frozen when the numerator carries the probe (a bilinear gate);
-    # c / v(x) alone is a unit through the origin, like Reciprocal: gain y / v
+    # c / v(x) alone is a unit through the origin, like Reciprocal: gain y / v (in tangent mode
+    # the partial in v, -y / v)
+    tangent = "plane"
+
     def plan(self, node, lin, model) -> Plan:
         if not lin[0]:
             return Plan((1,), (0,), "secant gain y/u of c/u (float)", "unit")
@@ -111,11 +118,11 @@ class Div(Rule):
         return Plan((0,), (0,), frozen, "gate" if lin[1] else "")
 
     def masks(self, node, m) -> None:
-        if m.record.kind == "unit":
+        if 1 in m.plan.carried:
             v, y = node.input[1], node.output[0]
             zero = m.b.const(np.asarray(0, m.dtype(v)))
-            secant = m.b.op("Div", [y, v], "secant")
-            m.add("gain", m.b.op("Where", [is_zero(m, v), zero, secant], "gain"))
+            gain = m.b.op("Div", [m.b.op("Neg", [y]) if m.tangent else y, v], "gain")
+            m.add("gain", m.b.op("Where", [is_zero(m, v), zero, gain], "gain"))
 
     def linear(self, node, c) -> None:
         rank = len(c.out_shape())
@@ -142,6 +149,8 @@ def _as_matrix(shape, left: bool) -> list[int]:
 class MatMul(Rule):
     # Forward: [..., m, k] @ [..., k, n] -> [..., m, n]; one operand is a value (or frozen).
     # 1-D operands are promoted as numpy does; the twin operand gets ones for missing batch dims.
+    tangent = "plane"
+
     def plan(self, node, lin, model) -> Plan:
         return product_plan(node, lin, model)
 
@@ -182,6 +191,8 @@ class MatMul(Rule):
 @register("Gemm")
 class Gemm(Rule):
     # y = alpha * A' B' + beta * C, with A' = A^T if transA, B' = B^T if transB
+    tangent = "plane"
+
     def plan(self, node, lin, model) -> Plan:
         if lin[0] and lin[1]:
             keep, why = bilinear_plan(node, lin, model)

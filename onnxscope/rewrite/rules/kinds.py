@@ -34,15 +34,47 @@ class Plan:
     lin_outputs: tuple[int, ...]  # output positions that have a linear part
     frozen: str = ""  # for `inspect`: what this node freezes, empty for affine nodes
     kind: str = ""  # overrides the rule's kind for this node (a Mul acting as a gate)
+    tangent: bool = False  # tangent mode: linearized by its tangent plane (see `tangent_plan`)
 
 
 class Rule:
     """Default: an affine op, linear in every input that has a linear part."""
 
     kind = "affine"  # affine | unit | selection | gate | value
+    # Tangent mode: "same" where the rule's twin is the Jacobian already (affine, piecewise-linear
+    # and selecting ops); "plane" where the rule, with one input carried and the others at their
+    # values, gives the partial derivative D_i in tangent mode (smooth units, products); None
+    # (the default for units and gates) refuses the node there rather than give the secant.
+    tangent: str | None = None
 
     def plan(self, node: onnx.NodeProto, lin: list[bool], model) -> Plan:
         return Plan(tuple(i for i, f in enumerate(lin) if f), tuple(range(len(node.output))))
+
+    def tangent_plan(self, node: onnx.NodeProto, lin: list[bool], model, plan: Plan) -> Plan:
+        """The plan in tangent mode, from the secant's: every input with a linear part carried
+        (the product rule) and the node marked for its tangent plane, or a refusal."""
+        kind = plan.kind or self.kind
+        if kind == "value":  # piecewise constant: no linear part in either mode
+            return plan
+        frozen = [node.input[i] for i, f in enumerate(lin) if f and i not in plan.carried]
+        if not frozen and (kind in ("affine", "selection") or self.tangent == "same"):
+            return plan
+        if self.tangent != "plane":
+            what = f"it freezes '{frozen[0]}'" if frozen else f"it is a {kind}"
+            raise Unsupported(f"tangent mode: {what} and the rule has no tangent (Jacobian) form")
+        carried = tuple(i for i, f in enumerate(lin) if f)
+        products = " (product rule)" if len(carried) > 1 else ""
+        return Plan(
+            carried,
+            plan.lin_outputs,
+            f"tangent{products}: {self.tangent_frozen(node)}",
+            kind,
+            tangent=True,
+        )
+
+    def tangent_frozen(self, node: onnx.NodeProto) -> str:
+        """For `inspect`: what the tangent form reads at x."""
+        return "the operands' values at x (float)"
 
     def masks(self, node: onnx.NodeProto, m) -> None:
         """Emit the frozen decisions into the mask graph (`m.add(label, tensor)`)."""

@@ -1,5 +1,7 @@
 """Normalizations. BatchNorm in inference is affine. Instance/Layer/Group norm keep the centering
-linear and freeze 1/sigma of each group at x (DESIGN.md section 2); beta goes to the bias image."""
+linear and freeze 1/sigma of each group at x (DESIGN.md section 2); beta goes to the bias image.
+In tangent mode 1/sigma is differentiated too: d((u - mean)/sigma) = (dc - n mean(n dc)) / sigma
+with dc the centred du and n = (u - mean)/sigma at x, per group."""
 
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ class Normalization(Rule):
     """(u - mean(u)) * inv_sigma * scale + bias over groups; inv_sigma is the mask."""
 
     kind = "unit"
+    tangent = "plane"
+
+    def tangent_frozen(self, node) -> str:
+        return "1/sigma per group, normalized input (float)"
 
     def plan(self, node, lin, model) -> Plan:
         if any(lin[1:]):
@@ -76,8 +82,13 @@ class Normalization(Rule):
 
     def masks(self, node, m) -> None:
         u = node.input[0]
-        std, _, _ = self.std(node, m.b, m.shape(u), m.dtype(u))
-        m.add("inv_sigma", m.b.op("Reciprocal", [std], "inv_sigma"))
+        std, shape, axes = self.std(node, m.b, m.shape(u), m.dtype(u))
+        inv_sigma = m.b.op("Reciprocal", [std], "inv_sigma")
+        m.add("inv_sigma", inv_sigma)
+        if m.tangent:  # n = (u - mean) / sigma in the grouped shape
+            g = m.b.reshape(u, shape, "grouped") if list(shape) != list(m.shape(u)) else u
+            centered = m.b.op("Sub", [g, m.b.reduce("ReduceMean", g, axes, True, "mean")])
+            m.add("normalized", m.b.op("Mul", [centered, inv_sigma], "normalized"))
 
     def rounding_scale(self, node, b, in_shape, dtype, scale_rank: int) -> str:
         """max|u| * max|scale| / sigma over each group, at every element of the output: the size
@@ -99,7 +110,10 @@ class Normalization(Rule):
         shape, axes = self.groups(node, s)
         z = c.b.reshape(c.lin(0), [-1, *shape], "grouped")
         mean = c.b.reduce("ReduceMean", z, [a + 1 for a in axes], True, "mean")
-        y = c.b.op("Mul", [c.b.op("Sub", [z, mean], "centered"), c.mask("inv_sigma")], "normed")
+        centered = c.b.op("Sub", [z, mean], "centered")
+        if c.tangent:
+            centered = self.minus_along_normalized(c, centered, axes)
+        y = c.b.op("Mul", [centered, c.mask("inv_sigma")], "normed")
         y = c.b.reshape(y, [-1, *s], "normed")
         scale, bias = self.scale_bias(node, c)
         if scale is not None:
@@ -119,7 +133,15 @@ class Normalization(Rule):
         g = a.b.op("Mul", [g, a.mask("inv_sigma")], "g_normed")
         mean = a.b.reduce("ReduceMean", g, [k + 1 for k in axes], True, "g_mean")
         g = a.b.op("Sub", [g, mean], "g_centered")
+        if a.tangent:  # (I - n n^T / N) is symmetric and P n = n, so it follows P here
+            g = self.minus_along_normalized(a, g, axes)
         a.add_grad(0, a.b.reshape(g, [-1, *s], "g"))
+
+    def minus_along_normalized(self, c, t: str, axes: list[int]) -> str:
+        """t - n mean(n t) per group (tangent mode: the derivative of 1/sigma)."""
+        n = c.mask("normalized")
+        along = c.b.reduce("ReduceMean", c.b.op("Mul", [n, t]), [k + 1 for k in axes], True)
+        return c.b.op("Sub", [t, c.b.op("Mul", [n, along])], "tangent_centered")
 
 
 @register("InstanceNormalization")

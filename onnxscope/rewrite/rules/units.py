@@ -7,6 +7,10 @@
   Where f(0) != 0 and the output is far below f(0) (a saturated Sigmoid, Exp of a very negative
   u) the unit is frozen whole instead (g = 0, b = f(u0)): see SecantUnit.masks.
 - Selections (Max/Min between tensors) store which operand won.
+
+Tangent mode (contexts.py): piecewise-linear units and selections are the same in both modes;
+a smooth unit's gain is its derivative f'(u0) (`derivative`, beside its secant) and its affine
+twin the tangent plane y0 + f'(u0) (u - u0); softmax and log-softmax use their full Jacobians.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class PiecewiseUnit(Rule):
 
     kind = "unit"
     lin_input = 0
+    tangent = "same"  # the active piece's slope is the derivative (at a kink: torch's choice)
 
     def plan(self, node, lin, model) -> Plan:
         if not lin[self.lin_input]:  # (PRelu with only its slope on the probe's path)
@@ -246,6 +251,14 @@ class SecantUnit(Rule):
     """
 
     kind = "unit"
+    tangent = "plane"
+
+    def tangent_frozen(self, node) -> str:
+        return "tangent gain f'(u0) (float)"
+
+    def derivative(self, node, m, u: str, y: str) -> str:
+        """f'(u) in the mask graph from u and the unit's output y: tangent mode's gain."""
+        raise NotImplementedError
 
     def plan(self, node, lin, model) -> Plan:
         only_input(lin, 0, "the first input")
@@ -269,6 +282,9 @@ class SecantUnit(Rule):
         return m.b.op("Sub", [y, m.b.const(np.asarray(f0, m.dtype(u)))], "rise") if f0 else y
 
     def masks(self, node, m) -> None:
+        if m.tangent:
+            m.add("gain", self.derivative(node, m, node.input[0], node.output[0]))
+            return
         gain, f0 = self.secant_gain(node, m), self.f0(node)
         if f0:
             # Where |f(u0)| < |f(0)| / SATURATION the secant would write the output as
@@ -303,10 +319,15 @@ class SecantUnit(Rule):
         a.add_grad(0, a.b.op("Mul", [a.grad(), a.mask("gain")], "g"))
 
 
-def _secant(op: str, f0, d0, rise=None):
+def _secant(op: str, f0, d0, derivative, rise=None):
     """Register a smooth unit by its value and slope at 0 (functions of the node's attributes),
-    and optionally an accurate f(u) - f(0) (a function of node, mask context, u, y)."""
-    body = {"f0": lambda self, n: f0(n), "d0": lambda self, n: d0(n)}
+    its derivative f'(u) (a function of node, mask context, u, y) and optionally an accurate
+    f(u) - f(0) (same arguments)."""
+    body = {
+        "f0": lambda self, n: f0(n),
+        "d0": lambda self, n: d0(n),
+        "derivative": lambda self, n, m, u, y: derivative(n, m, u, y),
+    }
     if rise is not None:
         body["rise"] = lambda self, n, m, u, y: rise(n, m, u, y)
     register(op)(type(op, (SecantUnit,), body))
@@ -340,23 +361,112 @@ def _sigmoid_rise(n, m, u, y):
 
 
 SELU_GAMMA = 1.05070102214813232421875
+SELU_ALPHA = 1.67326319217681884765625
 
-_secant("Sigmoid", lambda n: 0.5, lambda n: 0.25, _sigmoid_rise)
-_secant("Tanh", lambda n: 0.0, lambda n: 1.0)
-_secant("Erf", lambda n: 0.0, lambda n: 2.0 / math.sqrt(math.pi))
-_secant("Elu", lambda n: 0.0, lambda n: 1.0)  # at the kink u = 0: the right slope
-_secant("Celu", lambda n: 0.0, lambda n: 1.0)
-_secant("Selu", lambda n: 0.0, lambda n: float(attr(n, "gamma", SELU_GAMMA)))
+
+# --- derivatives f'(u), from u and y = f(u), in the mask graph (tangent mode) -----------------
+
+
+class _Ops:
+    """Terse elementwise ops on the mask graph, constants in u's dtype."""
+
+    def __init__(self, m, u: str):
+        self.b, self.dtype = m.b, m.dtype(u)
+
+    def k(self, v) -> str:
+        return self.b.const(np.asarray(v, self.dtype))
+
+    def __getattr__(self, op: str):
+        return lambda *args: self.b.op(op, [a if isinstance(a, str) else self.k(a) for a in args])
+
+
+def _positive_piece(m, u, right, left) -> str:
+    """right where u > 0, else left (Elu, Celu, Selu: the right slope at the kink u = 0)."""
+    o = _Ops(m, u)
+    return o.Where(o.Greater(u, 0.0), right, left)
+
+
+def _gelu_derivative(n, m, u, y):
+    o = _Ops(m, u)
+    if attr(n, "approximate", "none") == "tanh":
+        # 0.5 (1 + t) + 0.5 u (1 - t^2) k (1 + 3 c u^2), t = tanh(k (u + c u^3))
+        k, c = math.sqrt(2.0 / math.pi), 0.044715
+        t = o.Tanh(o.Mul(o.Add(u, o.Mul(c, o.Mul(u, o.Mul(u, u)))), k))
+        slope = o.Mul(o.Sub(1.0, o.Mul(t, t)), o.Mul(k, o.Add(1.0, o.Mul(3 * c, o.Mul(u, u)))))
+        return o.Mul(0.5, o.Add(o.Add(1.0, t), o.Mul(u, slope)))
+    # Phi(u) + u phi(u)
+    cdf = o.Mul(0.5, o.Add(1.0, o.Erf(o.Mul(u, 1.0 / math.sqrt(2.0)))))
+    pdf = o.Mul(1.0 / math.sqrt(2.0 * math.pi), o.Exp(o.Mul(o.Mul(u, u), -0.5)))
+    return o.Add(cdf, o.Mul(u, pdf))
+
+
+def _mish_derivative(n, m, u, y):
+    # mish = u tanh(softplus(u)): tanh(sp) + u (1 - tanh(sp)^2) sigmoid(u)
+    o = _Ops(m, u)
+    t = o.Tanh(o.Softplus(u))
+    return o.Add(t, o.Mul(u, o.Mul(o.Sub(1.0, o.Mul(t, t)), o.Sigmoid(u))))
+
+
+def _sigmoid_derivative(n, m, u, y):
+    o = _Ops(m, u)
+    return o.Mul(y, o.Sub(1.0, y))
+
+
+def _tanh_derivative(n, m, u, y):
+    o = _Ops(m, u)
+    return o.Sub(1.0, o.Mul(y, y))
+
+
+def _erf_derivative(n, m, u, y):
+    o = _Ops(m, u)
+    return o.Mul(2.0 / math.sqrt(math.pi), o.Exp(o.Neg(o.Mul(u, u))))
+
+
+def _elu_derivative(n, m, u, y):
+    # alpha (e^u - 1) for u <= 0: slope y + alpha
+    return _positive_piece(m, u, 1.0, _Ops(m, u).Add(y, float(attr(n, "alpha", 1.0))))
+
+
+def _celu_derivative(n, m, u, y):
+    o = _Ops(m, u)
+    return _positive_piece(m, u, 1.0, o.Exp(o.Div(u, float(attr(n, "alpha", 1.0)))))
+
+
+def _selu_derivative(n, m, u, y):
+    # gamma alpha (e^u - 1) for u <= 0: slope y + gamma alpha
+    gamma, alpha = float(attr(n, "gamma", SELU_GAMMA)), float(attr(n, "alpha", SELU_ALPHA))
+    return _positive_piece(m, u, gamma, _Ops(m, u).Add(y, gamma * alpha))
+
+
+def _softsign_derivative(n, m, u, y):
+    o = _Ops(m, u)
+    one_plus = o.Add(1.0, o.Abs(u))
+    return o.Reciprocal(o.Mul(one_plus, one_plus))
+
+
+_secant("Sigmoid", lambda n: 0.5, lambda n: 0.25, _sigmoid_derivative, _sigmoid_rise)
+_secant("Tanh", lambda n: 0.0, lambda n: 1.0, _tanh_derivative)
+_secant("Erf", lambda n: 0.0, lambda n: 2.0 / math.sqrt(math.pi), _erf_derivative)
+_secant("Elu", lambda n: 0.0, lambda n: 1.0, _elu_derivative)  # at the kink u = 0: the right slope
+_secant("Celu", lambda n: 0.0, lambda n: 1.0, _celu_derivative)
+_secant("Selu", lambda n: 0.0, lambda n: float(attr(n, "gamma", SELU_GAMMA)), _selu_derivative)
 _secant(
     "Softplus",
     lambda n: math.log(2.0),
     lambda n: 0.5,
+    lambda n, m, u, y: _Ops(m, u).Sigmoid(u),
     lambda n, m, u, y: _in_double(m, u, _softplus_rise),
 )
-_secant("Softsign", lambda n: 0.0, lambda n: 1.0)
-_secant("Gelu", lambda n: 0.0, lambda n: 0.5)
-_secant("Mish", lambda n: 0.0, lambda n: math.tanh(math.log(2.0)))
-_secant("Exp", lambda n: 1.0, lambda n: 1.0, lambda n, m, u, y: _in_double(m, u, _expm1))
+_secant("Softsign", lambda n: 0.0, lambda n: 1.0, _softsign_derivative)
+_secant("Gelu", lambda n: 0.0, lambda n: 0.5, _gelu_derivative)
+_secant("Mish", lambda n: 0.0, lambda n: math.tanh(math.log(2.0)), _mish_derivative)
+_secant(
+    "Exp",
+    lambda n: 1.0,
+    lambda n: 1.0,
+    lambda n, m, u, y: y,
+    lambda n, m, u, y: _in_double(m, u, _expm1),
+)
 
 
 @register("HardSwish")
@@ -372,7 +482,17 @@ class HardSwish(SecantUnit):
     def secant_gain(self, node, m) -> str:
         return m.b.op("HardSigmoid", [node.input[0]], "gain", alpha=1.0 / 6.0, beta=0.5)
 
+    def derivative(self, node, m, u, y) -> str:
+        # 0 below -3, u/3 + 1/2 on the ramp [-3, 3], 1 above (as torch's hardswish_backward):
+        # not the secant's HardSigmoid(u) = u/6 + 1/2
+        o = _Ops(m, u)
+        ramp = o.Add(o.Mul(u, 1.0 / 3.0), 0.5)
+        return o.Where(o.Less(u, -3.0), 0.0, o.Where(o.Greater(u, 3.0), 1.0, ramp))
+
     def masks(self, node, m) -> None:
+        if m.tangent:
+            super().masks(node, m)
+            return
         # the unit's own output as u * gain (ONNX's definition of HardSwish), so that the mask
         # pass runs one HardSigmoid per unit rather than two
         gain = None
@@ -401,11 +521,27 @@ class PowerUnit(SecantUnit):
 
 @register("Sqrt", "Reciprocal")
 class SqrtReciprocal(PowerUnit):
-    pass
+    def derivative(self, node, m, u, y) -> str:
+        o = _Ops(m, u)  # sqrt' = 1 / (2 y); (1/u)' = -y^2
+        return o.Div(0.5, y) if node.op_type == "Sqrt" else o.Neg(o.Mul(y, y))
 
 
 @register("Pow")
 class Pow(PowerUnit):
+    def tangent_plan(self, node, lin, model, plan) -> Plan:
+        if lin[1]:
+            raise Unsupported(
+                "tangent mode: an input-dependent exponent has no tangent rule here "
+                "(its partial u^v log u is not built); only u^c is"
+            )
+        return super().tangent_plan(node, lin, model, plan)
+
+    def derivative(self, node, m, u, y) -> str:
+        # (u^p)' = p u^(p - 1), p cast to u's dtype
+        o = _Ops(m, u)
+        p = m.b.op("Cast", [node.input[1]], "exponent", to=_onnx_type(m.dtype(u)))
+        return o.Mul(p, o.Pow(u, o.Sub(p, 1.0)))
+
     def plan(self, node, lin, model) -> Plan:
         if not lin[0]:
             raise Unsupported("an input-dependent exponent (c^u) has no rule")
@@ -452,9 +588,31 @@ class CentredSoftmax(Rule):
     """
 
     kind = "unit"
+    tangent = "plane"
 
     def plan(self, node, lin, model) -> Plan:
         return Plan((0,), (0,), self.frozen)
+
+    def tangent_frozen(self, node) -> str:
+        return "probabilities p at x (float)"
+
+    def tangent_masks(self, node, m) -> None:
+        """Tangent mode: the probabilities p = softmax(u0), [pre, n, post]."""
+        pre, n, post = self.view(node, m.model)
+        y = m.b.reshape(node.output[0], [pre, n, post], "y3")
+        m.add("probability", y if node.op_type == "Softmax" else m.b.op("Exp", [y], "p"))
+
+    def weighted(self, c, t: str) -> tuple[str, str]:
+        """(p t, sum_j p_j t_j over the softmax axes) for t [K, pre, n, post]; p_j t_j is 0
+        where p_j = 0 whatever t_j is (a -inf score's twin)."""
+        p = c.mask("probability")
+        live = c.b.op("Greater", [p, c.const(0)], "live")
+        pt = c.b.op("Where", [live, c.b.op("Mul", [p, t]), c.const(0)], "pt")
+        return pt, c.b.reduce("ReduceSum", pt, [2], True, "weighted_sum")
+
+    def as3(self, c, t: str) -> str:
+        pre, n, post = self.view(c.node, c.model)
+        return c.b.reshape(t, [-1, pre, n, post], "t3")
 
     def view(self, node, model) -> tuple[int, int, int]:
         shape = model.shape(node.input[0])
@@ -467,6 +625,9 @@ class CentredSoftmax(Rule):
         )
 
     def masks(self, node, m) -> None:
+        if m.tangent:
+            self.tangent_masks(node, m)
+            return
         pre, n, post = self.view(node, m.model)
         u = m.b.reshape(node.input[0], [pre, n, post], "u3")
         first = m.b.op("ArgMax", [u], "argmax", axis=1, keepdims=1)  # ties: the first maximum
@@ -508,6 +669,11 @@ class Softmax(CentredSoftmax):
     # (y in the frozen tail).
     frozen = "first maximum (bool), secant gain (float), intercept (float: 1/S, y in the tail)"
 
+    def softmax_jacobian(self, c, t: str) -> str:
+        """J t = p t - p sum(p t) (J = diag(p) - p p^T, its own transpose), t [K, pre, n, post]."""
+        pt, total = self.weighted(c, t)
+        return c.b.op("Sub", [pt, c.b.op("Mul", [c.mask("probability"), total])], "jt")
+
     def frozen_values(self, node, m, v, total, y) -> None:
         dtype = m.dtype(node.input[0])
         k = lambda value: m.b.const(np.asarray(value, dtype))  # noqa: E731
@@ -528,6 +694,10 @@ class Softmax(CentredSoftmax):
         m.add("intercept", m.b.op("Where", [tail, y, inv_s], "intercept"))
 
     def linear(self, node, c) -> None:
+        if c.tangent:
+            y = self.softmax_jacobian(c, self.as3(c, c.lin(0)))
+            c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
+            return
         gain = c.mask("gain")
         y = c.b.op("Mul", [self.centred(c), gain], "y")
         if c.affine:  # 0 * -inf is no number: a frozen element's term is 0 whatever v is
@@ -537,6 +707,10 @@ class Softmax(CentredSoftmax):
         c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
 
     def adjoint(self, node, a) -> None:
+        if a.tangent:
+            g = self.softmax_jacobian(a, self.grad3(a))
+            a.add_grad(0, a.b.reshape(g, [-1, *a.in_shape(0)], "g"))
+            return
         self.adjoint_centred(a, a.b.op("Mul", [self.grad3(a), a.mask("gain")], "h"))
 
 
@@ -549,12 +723,23 @@ class LogSoftmax(CentredSoftmax):
         m.add("intercept", m.b.op("Neg", [m.b.op("Log", [total])], "intercept"))
 
     def linear(self, node, c) -> None:
+        if c.tangent:  # J t = t - sum(p t) (J = I - 1 p^T)
+            t = self.as3(c, c.lin(0))
+            y = c.b.op("Sub", [t, self.weighted(c, t)[1]], "jt")
+            c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
+            return
         y = self.centred(c)
         if c.affine:
             y = c.b.op("Add", [y, c.mask("intercept")], "y_affine")
         c.set_out(c.b.reshape(y, [-1, *c.out_shape()], "y"))
 
     def adjoint(self, node, a) -> None:
+        if a.tangent:  # J^T g = g - p sum(g)
+            g = self.grad3(a)
+            total = a.b.reduce("ReduceSum", g, [2], True, "total")
+            g = a.b.op("Sub", [g, a.b.op("Mul", [a.mask("probability"), total])], "g")
+            a.add_grad(0, a.b.reshape(g, [-1, *a.in_shape(0)], "g"))
+            return
         self.adjoint_centred(a, self.grad3(a))
 
 
