@@ -408,3 +408,38 @@ def test_artifacts_and_cli_name_the_mode(tmp_path):
         check=True,
     )
     assert "tangent" in out.stdout
+
+
+def test_report_both_modes_side_by_side(exported):
+    pytest.importorskip("matplotlib")
+    from onnxscope.report import build_report
+
+    module, x, path = exported("smooth", "legacy", 17)
+    files = build_report(path, x.numpy(), mode="both", logits=True, top=2, progress=False)
+    numbers = json.loads(files["report.json"])
+    ((name, record),) = numbers["modes"].items()
+    assert len(record) == 2 and all(f"modes_{name}_{r['index']}.png" in files for r in record)
+    logits = onnxscope.LinearScope(path, logits=True).interpret(x.numpy()).outputs[name].ravel()
+    for r in record:  # each mode's votes and bias add up to the same logit
+        for mode in MODES:
+            assert r["votes"][mode] + r["bias"][mode] == pytest.approx(logits[r["index"]], 1e-4)
+        assert abs(r["votes"]["secant"] - r["votes"]["tangent"]) > 1e-3  # two different maps
+    assert "tangent" in numbers["facts"]["mode"]
+
+
+def test_batch_and_serve_take_the_mode(tmp_path):
+    from onnxscope.batch.job import BatchJob, JobSpec
+
+    path = tmp_path / "silu.onnx"
+    path.write_bytes(op_model("Mul_self").SerializeToString())
+    spec = JobSpec(model=str(path), mode="tangent")
+    assert spec.settings()["mode"] == "tangent"
+    assert "mode" not in JobSpec(model=str(path)).settings()  # secant folders as before
+    assert BatchJob(spec).scope.mode == "tangent"
+    pytest.importorskip("starlette")
+    from onnxscope.serve.models import load
+
+    plain, scope_reading = load(str(path), readings=("scope",), mode="tangent")
+    assert {p.key: p.value for p in scope_reading.model.metadata_props}["onnxscope.mode"] == (
+        "tangent"
+    )

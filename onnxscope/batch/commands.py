@@ -105,6 +105,7 @@ def run(args) -> int:
         conventions=conventions,
         resize=not args.no_resize,
         logits=args.logits,
+        mode=args.mode,
         device=args.device,
         threads=args.threads,
         verify=not args.no_verify,

@@ -44,6 +44,7 @@ class JobSpec:
     conventions: dict = field(default_factory=dict)  # layout color size scale mean std
     resize: bool = True
     logits: bool = False
+    mode: str = "secant"  # the interpreter: secant, or tangent (A_x the Jacobian)
     device: str = "cpu"
     threads: int | None = None
     verify: bool = True
@@ -55,6 +56,8 @@ class JobSpec:
         found = asdict(self)
         for key in ("device", "threads", "batch_size", "save_votes"):
             found.pop(key)
+        if self.mode == "secant":  # (as the folders written before there was a tangent mode)
+            found.pop("mode")
         found["model"] = os.path.abspath(self.model)
         found["targets"], found["labels"] = list(self.targets), self.labels and list(self.labels)
         return found
@@ -120,6 +123,7 @@ class BatchJob:
                 providers=self.spec.device,
                 threads=self.spec.threads,
                 labels=self.spec.labels,
+                mode=self.spec.mode,
             )
             inputs = self._scope._input_specs
             others = [n for n in inputs if n != self._scope.wrt]

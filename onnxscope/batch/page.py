@@ -227,6 +227,7 @@ def _report(spec, row, item, dims, name, files) -> str:
         "labels": list(spec.labels) if spec.labels else None,
         "device": spec.device,
         "logits": spec.logits,
+        "mode": spec.mode,
         "progress": False,
     }
     try:

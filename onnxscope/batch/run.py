@@ -49,7 +49,7 @@ def run_batch(
     reports of the `reports` most and least bias-reliant inputs. `progress`: None a bar on a
     terminal and a line every 10 s otherwise, True the bar, False nothing. Inputs already in
     `out` from an earlier run with the same settings are skipped. `job_options`: the JobSpec
-    fields (targets, labels, conventions, resize, logits, device, threads, verify, save_votes,
+    fields (targets, labels, conventions, resize, logits, mode, device, threads, verify, save_votes,
     batch_size)."""
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}.")

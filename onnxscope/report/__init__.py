@@ -146,7 +146,7 @@ def build_report(
     it = scope.interpret(x, **others)
     errors = it.verify(tol=TOLERANCE)
     r = Report(it, conv, labels, radius, channel, display, classes=bool(labels or cut))
-    r.facts(model, scope, specs, others, device, cut)
+    r.facts(model, scope, specs, others, device, cut, both=mode == "both")
     chosen = outputs or it.output_names
     unknown = set(chosen) - set(it.output_names)
     if unknown:

@@ -64,8 +64,10 @@ class Report:
         return tuple(shape[2:4]) if self.conv.layout == "NCHW" else tuple(shape[1:3])
 
     # -- sections ------------------------------------------------------------------------------
-    def facts(self, model, scope, specs, others, device, cut=()) -> None:
+    def facts(self, model, scope, specs, others, device, cut=(), both=False) -> None:
         from ..runtime.sessions import provider_name
+
+        mode_note = " (the votes in tangent mode too: --mode both)" if both else ""
 
         it, conv = self.it, self.conv
         source = model if isinstance(model, (str, os.PathLike)) else "(in-memory ModelProto)"
@@ -75,7 +77,7 @@ class Report:
             ("opset / producer", f"{opset} / {scope.model.producer_name or '?'}"),
             ("inputs", "; ".join(f"{n} {v[0]} {v[1]}" for n, v in specs.items())),
             ("interpreted input", f"{scope.wrt} {list(it.x.shape)}"),
-            ("mode", scope.mode),
+            ("mode", f"{scope.mode}{mode_note}"),
             ("outputs", "; ".join(f"{n} {list(v.shape)}" for n, v in it.outputs.items())),
             ("device", f"{device} (providers: {', '.join(map(provider_name, scope.providers))})"),
             ("image", conv.source),
@@ -90,7 +92,7 @@ class Report:
         rows += [("note", n) for n in conv.notes]
         rows += [("note", f"the Softmax under output {n} is cut: {n}_logits is shown") for n in cut]
         rows += [(f"other input {n}", _summary(v)) for n, v in others.items()]
-        self.numbers["facts"] = dict(rows[:6])
+        self.numbers["facts"] = dict(rows[:7])
         self.numbers["conventions"] = conv.as_dict()
         self.sections.append(("Model and input", _table(("", ""), rows)))
 
@@ -157,7 +159,7 @@ class Report:
                 maps.append(m)
             sums = {mode: float(votes[mode][n].sum(dtype=np.float64)) for mode in its}
             biases = {mode: float(it.biases[name].ravel()[k]) for mode, it in its.items()}
-            titles = [f"{mode}: Σ votes {sums[mode]:.4g}, bias {biases[mode]:.4g}" for mode in its]
+            titles = [f"{mode}: Σ votes {sums[mode]:.3g}, bias {biases[mode]:.3g}" for mode in its]
             fig = figures.vote_maps(self.picture(), maps, titles, how, cols=3, display=self.display)
             caption = (
                 f"{label(k)}: secant votes (left) and tangent votes (right), one colour scale."

@@ -70,10 +70,6 @@ class Artifacts:
             graphs["adjoint.onnx"] = self.adjoint
         readings = self.readings(output, only)
         graphs.update({f"{name}.onnx": r.model for name, r in readings.items()})
-        mode = self.manifest.get("mode", "secant")
-        if mode != "secant":  # (secant graphs stay as they were)
-            for model in graphs.values():
-                stamp_mode(model, mode)
         return graphs, readings
 
     def validate(self, graphs: dict[str, onnx.ModelProto] | None = None) -> None:

@@ -27,6 +27,7 @@ from .artifacts import (
     check_session,
     known_shape,
     model_like,
+    stamp_mode,
     validate_graph,
     value_info,
     value_type,
@@ -123,6 +124,8 @@ class Rewrite:
         for graph_model in (mask_model, lin_model, bias_model, adjoint):
             if graph_model is not None:
                 m.weights.externalize(graph_model.graph)
+                if self.mode != "secant":  # (secant graphs stay as they were)
+                    stamp_mode(graph_model, self.mode)
         return Artifacts(
             mask_model,
             lin_model,

@@ -46,6 +46,7 @@ from .artifacts import (
     check_session,
     known_shape,
     model_like,
+    stamp_mode,
     value_info,
     value_type,
 )
@@ -164,12 +165,21 @@ def reading_graphs(
         if name in missing:
             raise OnnxscopeError(f"No {name} reading for this model: {missing[name]}.")
         graphs[name] = _BUILDERS[name](_Composer(artifacts, name), output)
+        _name_the_mode(artifacts, graphs[name].model)
     return graphs
 
 
 def scope_graph(artifacts: Artifacts) -> onnx.ModelProto:
     """scope.onnx (`Artifacts.scope`): the scope reading's graph."""
-    return _scope(_Composer(artifacts, "scope"), None).model
+    return _name_the_mode(artifacts, _scope(_Composer(artifacts, "scope"), None).model)
+
+
+def _name_the_mode(artifacts: Artifacts, model: onnx.ModelProto) -> onnx.ModelProto:
+    """A tangent-mode reading graph says so in its metadata (secant graphs stay as they were)."""
+    mode = artifacts.manifest.get("mode", "secant")
+    if mode != "secant":
+        stamp_mode(model, mode)
+    return model
 
 
 class _Composer:

@@ -96,6 +96,7 @@ def run(args) -> int:
         output=args.output_name,
         wrt=args.wrt,
         logits=args.logits,
+        mode=args.mode,
         providers=args.device,
         max_batch=args.max_batch,
         threads=args.threads,

@@ -221,11 +221,13 @@ def load(
     max_batch: int = 64,
     threads: int | None = None,
     logits: bool = False,
+    mode: str = "secant",
 ) -> list[ServedModel]:
     """The plain model and its readings (`READINGS`, or a subset) at one input shape (the given
     shapes, else the model's static ones with a free batch dim at 1), rewritten once, here.
     `output`: the model output the votes and rows read (default: the first). `logits`: serve
-    outputs computed by a Softmax or LogSoftmax as the logits under them (NAME_logits). A
+    outputs computed by a Softmax or LogSoftmax as the logits under them (NAME_logits).
+    `mode`: the interpreter, "secant" or "tangent" (LinearScope's `mode`). A
     reading the model cannot have (no adjoint: votes and rows) is an OnnxscopeError naming
     why."""
     from ..runtime.scope import LinearScope
@@ -237,7 +239,7 @@ def load(
         if isinstance(path, onnx.ModelProto):
             raise InputError("A served ModelProto needs a name.")
         name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
-    scope = LinearScope(path, wrt=wrt, providers="cpu", logits=logits)
+    scope = LinearScope(path, wrt=wrt, providers="cpu", logits=logits, mode=mode)
     if output is not None and output in scope.cut:
         output = f"{output}_logits"
     shapes = dict(input_shapes or {})
@@ -312,8 +314,9 @@ def load_all(
 
 
 def add_model_arguments(sp) -> None:
-    """MODEL ..., --input-shape, --readings, --output and --wrt (see `load_all`)."""
-    from ..cli import add_input_shape_option
+    """MODEL ..., --input-shape, --readings, --output, --wrt, --logits and --mode (see
+    `load_all`)."""
+    from ..cli import add_input_shape_option, add_mode_option
 
     sp.add_argument("model", nargs="*", help="the .onnx model(s) (never modified)")
     add_input_shape_option(sp, "fix the shape of an input (of every model that has it)")
@@ -334,6 +337,7 @@ def add_model_arguments(sp) -> None:
         action="store_true",
         help="serve outputs computed by a Softmax or LogSoftmax as their logits (NAME_logits)",
     )
+    add_mode_option(sp)
 
 
 def model_name(path) -> str:

@@ -513,6 +513,7 @@ def run(args) -> int:
         output=args.output_name,
         wrt=args.wrt,
         logits=args.logits,
+        mode=args.mode,
         providers="cpu",
     )
     out = write_repository(

@@ -254,7 +254,7 @@ class SecantUnit(Rule):
     tangent = "plane"
 
     def tangent_frozen(self, node) -> str:
-        return "tangent gain f'(u0) (float)"
+        return "gain f'(u0) (float)"
 
     def derivative(self, node, m, u: str, y: str) -> str:
         """f'(u) in the mask graph from u and the unit's output y: tangent mode's gain."""
