@@ -55,9 +55,12 @@ def reconstruction(it) -> float:
 
 F64 = np.float64
 SHAPE = (2, 6)
+MASK = np.where(np.arange(SHAPE[1]) % 3 == 1, -np.inf, 0.0)
 # ops ONNX Runtime 1.32 runs in float32 only: their checks run in float32
 FLOAT32_ONLY = {"Erf", "Elu", "Celu", "Selu", "Softplus", "Softsign", "Gelu", "HardSwish"}
-# name: (nodes, opset, initializers); the input is a standard normal draw (`op_input`)
+FLOAT32_ONLY |= {"InstanceNorm", "GroupNorm"}
+# name: (nodes, opset, initializers[, input shape: SHAPE]); the input is a standard normal draw
+# (`op_input`)
 OPS = {
     "Sigmoid": (["y = Sigmoid(x)"], 17, {}),
     "Tanh": (["y = Tanh(x)"], 17, {}),
@@ -77,6 +80,8 @@ OPS = {
     "Pow": (["y = Pow(x, p)"], 17, {"p": np.array(3.0)}),
     "Softmax": (["y = Softmax <axis=-1> (x)"], 17, {}),
     "LogSoftmax": (["y = LogSoftmax <axis=-1> (x)"], 17, {}),
+    # masked attention scores: -inf where masked, the output 0 there
+    "Softmax_masked": (["u = Add(x, mask)", "y = Softmax <axis=-1> (u)"], 17, {"mask": MASK}),
     "Mul_self": (["s = Sigmoid(x)", "y = Mul(x, s)"], 17, {}),  # SiLU written out
     "Mul_square": (["y = Mul(x, x)"], 17, {}),
     "Div_both": (["e = Exp(x)", "d = Add(e, one)", "y = Div(x, d)"], 17, {"one": np.array(1.0)}),
@@ -87,6 +92,18 @@ OPS = {
         ["y = LayerNormalization <axis=-1> (x, g, b)"],
         17,
         {"g": np.linspace(0.5, 1.5, SHAPE[1]), "b": np.linspace(-1, 1, SHAPE[1])},
+    ),
+    "InstanceNorm": (
+        ["y = InstanceNormalization <epsilon=0.01> (x, s, b)"],
+        17,
+        {"s": np.array([1.0, 2.0, 0.5]), "b": np.array([0.0, 1.0, -1.0])},
+        (1, 3, 2, 4),
+    ),
+    "GroupNorm": (
+        ["y = GroupNormalization <num_groups=2, epsilon=0.01> (x, s, b)"],
+        21,
+        {"s": np.array([1.0, 2.0, 0.5, 1.5]), "b": np.array([0.0, 1.0, -1.0, 0.2])},
+        (1, 4, 2, 3),
     ),
     "LayerNorm_written_out": (
         [
@@ -108,17 +125,21 @@ def op_dtype(name: str):
     return np.float32 if name.split("_")[0] in FLOAT32_ONLY else np.float64
 
 
+def op_shape(name: str) -> tuple[int, ...]:
+    return OPS[name][3] if len(OPS[name]) > 3 else SHAPE
+
+
 def op_model(name: str):
-    nodes, opset, inits = OPS[name]
+    nodes, opset, inits = OPS[name][:3]
     dtype = op_dtype(name)
     inits = {k: np.asarray(v, dtype) for k, v in inits.items()}
     if name == "Gemm_both":
         inits["x2"] = np.full((SHAPE[0], SHAPE[0]), 0.25, dtype)
-    return make_model(nodes, {"x": (SHAPE, dtype)}, inits=inits, opset=opset)
+    return make_model(nodes, {"x": (op_shape(name), dtype)}, inits=inits, opset=opset)
 
 
 def op_input(name: str) -> np.ndarray:
-    x = np.random.default_rng(1).standard_normal(SHAPE)
+    x = np.random.default_rng(1).standard_normal(op_shape(name))
     if name == "HardSwish":  # keep off the kinks at +-3 and include both saturated pieces
         x = np.concatenate([x[:1] * 1.2, np.array([[-4.5, -2.0, 0.3, 1.7, 2.6, 5.0]])])
     return x.astype(op_dtype(name))
@@ -443,3 +464,13 @@ def test_batch_and_serve_take_the_mode(tmp_path):
     assert {p.key: p.value for p in scope_reading.model.metadata_props}["onnxscope.mode"] == (
         "tangent"
     )
+
+
+def test_tangent_readings_add_up(exported):
+    # votes + bias = each output, and the bias split by layer sums to c_x, in tangent mode too
+    module, x, path = exported("smooth", "dynamo", 18)
+    it = onnxscope.LinearScope(path, mode="tangent").interpret(x.numpy())
+    votes = it.votes([0, 1, 2]).reshape(3, -1).sum(axis=1, dtype=np.float64)
+    np.testing.assert_allclose(votes + it.bias.ravel()[:3], it.output.ravel()[:3], rtol=1e-5)
+    shares = sum(it.bias_by_layer().values())
+    np.testing.assert_allclose(shares, it.bias, rtol=1e-5, atol=1e-6 * np.abs(it.bias).max())

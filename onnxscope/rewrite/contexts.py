@@ -215,8 +215,10 @@ class LinearContext(TwinContext):
         terms = []
         for i in self.plan.carried:
             twin = self.lin(i)
-            if self.affine:
-                twin = self.b.op("Sub", [twin, self.value(i)], "from_x")
+            if self.affine:  # aff(i) - u_i(x), 0 where equal (a -inf score: not -inf - -inf)
+                at_x, value = self.b.equal(twin, self.value(i), "at_x"), self.value(i)
+                moved = self.b.op("Sub", [twin, value], "from_x")
+                twin = self.b.op("Where", [at_x, self.const(0, i), moved], "from_x")
             terms.append(self.partial(rule, i, twin))
         y = terms[0] if len(terms) == 1 else self.b.op("Sum", terms, "product_rule")
         if self.affine:

@@ -163,7 +163,7 @@ class LinearScope:
         require_ort()
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
-        self.mode = mode
+        self._mode = mode  # (read-only: the cached artifacts were built in it)
         if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
             raise InputError(
                 f"LinearScope takes a model file path or an onnx.ModelProto, not "
@@ -196,6 +196,11 @@ class LinearScope:
         self.batch_axis = batch_axis
         self.labels = _labels(labels)
         self._cache: dict[tuple, tuple[AnalyzedModel, _Sessions]] = {}
+
+    @property
+    def mode(self) -> str:
+        """How the scope linearizes: "secant" or "tangent" (A_x the Jacobian of F at x)."""
+        return self._mode
 
     @functools.cached_property
     def _input_specs(self) -> dict[str, tuple]:
