@@ -2,8 +2,9 @@
 
 Every source is converted at a fixed input shape (a `None` batch becomes 1; other unknown sizes
 need `input_shape`). Keras models, `.keras`/`.h5` files and SavedModel directories are traced as a
-`tf.function` with that input signature (tf2onnx's `from_function`, which works with Keras 3 where
-its Keras-specific paths are fragile); TFLite flatbuffers go through `from_tflite`.
+`tf.function` with that input signature, frozen and handed to tf2onnx as a GraphDef with every
+nested function call inlined (tf2onnx's Keras-specific paths are fragile with Keras 3); TFLite
+flatbuffers go through `from_tflite`.
 
 Layout: TensorFlow images are NHWC. With `nchw=True` every rank-4 input and output of the ONNX
 model is NCHW instead (tf2onnx's `inputs_as_nchw`, which lets its optimizer cancel the transposes
@@ -24,8 +25,10 @@ import contextlib
 import io
 import logging
 import os
+import tempfile
 import warnings
 
+import numpy as np
 import onnx
 
 from .common import LAYOUT_KEY, ConversionError, Converted, finish, layouts, line
@@ -168,14 +171,22 @@ def from_tflite(source, path, *, nchw=False, opset=DEFAULT_OPSET, **tf2onnx_kw):
         raise ConversionError(f"'{source}' is not a readable TFLite model: {line(exc)}") from None
     as_nchw = [d["name"] for d in ins if len(d["shape"]) == 4] if nchw else None
     out_nchw = [d["name"] for d in outs if len(d["shape"]) == 4] if nchw else None
-    proto, _ = _run(
-        tf2onnx.convert.from_tflite,
-        source,
-        opset=opset,
-        inputs_as_nchw=as_nchw,
-        outputs_as_nchw=out_nchw,
-        **tf2onnx_kw,
-    )
+    with open(source, "rb") as f:
+        flat = f.read()
+    dense = _densified(tf, flat)
+    with tempfile.TemporaryDirectory(prefix="onnxscope-tflite-") as tmp:
+        if dense is not None:  # tf2onnx reads the copy with its sparse weights stored dense
+            source = os.path.join(tmp, "dense.tflite")
+            with open(source, "wb") as f:
+                f.write(dense)
+        proto, _ = _run(
+            tf2onnx.convert.from_tflite,
+            source,
+            opset=opset,
+            inputs_as_nchw=as_nchw,
+            outputs_as_nchw=out_nchw,
+            **tf2onnx_kw,
+        )
     # an open batch (-1 in the signature) becomes the size the flatbuffer was built at (1);
     # tf2onnx ignores shape_override for TFLite, so set the ONNX input's dims directly
     sizes = {d["name"]: d["shape"] for d in ins}
@@ -186,6 +197,36 @@ def from_tflite(source, path, *, nchw=False, opset=DEFAULT_OPSET, **tf2onnx_kw):
             if not dim.HasField("dim_value") or dim.dim_value <= 0:
                 dim.dim_value = int(size)
     return _finish(proto, path, set(as_nchw or ()) | set(out_nchw or ()))
+
+
+def _densified(tf, flat: bytes) -> bytes | None:
+    """The flatbuffer with its sparse weights stored dense (converters.tflite_sparsity), checked
+    to give TFLite's outputs on a random input; None when it has no sparse tensor."""
+    from .tflite_sparsity import densified
+
+    found = densified(flat)
+    if found is None:
+        return None
+    dense, names = found
+    outputs = []
+    with _quiet():
+        for content in (flat, dense):
+            interp = tf.lite.Interpreter(model_content=content)
+            interp.allocate_tensors()
+            rng = np.random.default_rng(0)
+            for d in interp.get_input_details():
+                interp.set_tensor(d["index"], rng.standard_normal(d["shape"]).astype(d["dtype"]))
+            interp.invoke()
+            outputs.append([interp.get_tensor(d["index"]) for d in interp.get_output_details()])
+    for sparse_out, dense_out in zip(*outputs):
+        scale = float(np.abs(sparse_out).max()) or 1.0
+        if not np.allclose(dense_out, sparse_out, rtol=1e-6, atol=1e-6 * scale):
+            raise ConversionError(
+                f"This TFLite model holds sparse weights ({', '.join(names)}); written dense they "
+                "do not reproduce TFLite's outputs, so the model is not converted. Convert the "
+                "source again without tf.lite.Optimize.EXPERIMENTAL_SPARSITY."
+            )
+    return dense
 
 
 def _in_onnx_order(nhwc, vi, as_nchw):
@@ -260,12 +301,11 @@ def _signature(tf, specs, input_shape, free_batch=False):
 
 
 def _from_function(call, signature, path, nchw, opset, tf2onnx_kw):
-    tf, tf2onnx = _tf()
+    tf, _ = _tf()
     as_nchw = [s.name for s in signature if s.shape.rank == 4] if nchw else None
     proto, _ = _run(
-        tf2onnx.convert.from_function,
-        call,
-        input_signature=signature,
+        _function_to_onnx,
+        call.get_concrete_function(),
         opset=opset,
         inputs_as_nchw=as_nchw,
         **tf2onnx_kw,
@@ -277,6 +317,54 @@ def _from_function(call, signature, path, nchw, opset, tf2onnx_kw):
     if outs:
         proto = _outputs_to_nchw(proto, outs)
     return _finish(proto, path, set(as_nchw or ()) | set(outs))
+
+
+def _function_to_onnx(concrete, **kw):
+    """tf2onnx's `from_function`, with two of its failures on Keras 3 models mended:
+
+    - Only the traced signature's arguments are graph inputs. A constant a layer holds as an eager
+      tensor (the Normalization layer of keras.applications' EfficientNet and ConvNeXt) is a
+      captured input of the concrete function; tf2onnx lists every non-resource input, so it
+      became an ONNX graph input that nothing feeds. Freezing turns it into a constant.
+    - Nested functions are inlined. Keras compiles grouped convolutions (ConvNeXt's depthwise
+      convolutions are Conv2D with groups = channels) in a `tf.function(jit_compile=True)`,
+      whose `_XlaMustCompile`/`_noinline` marks keep TensorFlow from inlining the call, which
+      then reaches tf2onnx as a StatefulPartitionedCall it cannot translate. The marks only ask
+      XLA to compile the body; without them grappler's function optimizer (run by tf2onnx's
+      `from_graph_def`) inlines every call, and the body's ops are translated as any others."""
+    tf, tf2onnx = _tf()
+    from tf2onnx import tf_loader
+
+    arguments = len(concrete.inputs) - len(concrete.captured_inputs)  # captures come last
+    inputs = [t.name for t in concrete.inputs[:arguments]]
+    outputs = [t.name for t in concrete.outputs if t.dtype != tf.resource]
+    renames = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
+    with tf.device("/cpu:0"):
+        graph_def = tf_loader.from_function(concrete, inputs, outputs)
+    _allow_inlining(graph_def)
+    return tf2onnx.convert.from_graph_def(
+        graph_def,
+        name=concrete.name,
+        input_names=inputs,
+        output_names=outputs,
+        tensors_to_rename=renames,
+        **kw,
+    )
+
+
+NO_INLINE_MARKS = ("_XlaMustCompile", "_noinline")
+
+
+def _allow_inlining(graph_def) -> None:
+    """Drop the marks that keep a function call from being inlined, on the call nodes and on the
+    functions of the graph's library (nested calls included)."""
+    functions = graph_def.library.function
+    for node in [*graph_def.node, *(n for f in functions for n in f.node_def)]:
+        for mark in NO_INLINE_MARKS:
+            node.attr.pop(mark, None)
+    for function in functions:
+        for mark in NO_INLINE_MARKS:
+            function.attr.pop(mark, None)
 
 
 def _outputs_to_nchw(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -317,6 +405,7 @@ def _finish(proto, path, nchw_names) -> Converted:
     """Refuse untranslated ops, name a single input x and output y, record the layout of each
     rank-4 input and output, then canonicalize, check and write (common.finish)."""
     _refuse_unknown_ops(proto)
+    _one_bias_per_conv(proto)
     renames = _rename_io(proto)
     nchw_names = {renames.get(n, n) for n in nchw_names}
     found = {
@@ -325,6 +414,26 @@ def _finish(proto, path, nchw_names) -> Converted:
         if len(vi.type.tensor_type.shape.dim) == 4
     }
     return finish(proto, path, found)
+
+
+def _one_bias_per_conv(proto: onnx.ModelProto) -> None:
+    """tf2onnx fuses BiasAdd(BiasAdd(Conv2D, b1), b2) (Keras 3's ResNetV2 at small inputs, where
+    grappler turns an Add into a second BiasAdd) into a Conv with a fourth input, which ONNX's
+    Conv does not take (its conv2d_with_add rewriter appends the outer bias). The Conv then
+    takes one bias, Sum(b1, b2, ...): the same sum, only the order of its float additions
+    changed."""
+    from onnx import helper
+
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 3:
+            total = node.name + "/bias_sum"
+            nodes.append(helper.make_node("Sum", list(node.input[2:]), [total], total))
+            node.input[:] = [*node.input[:2], total]
+        nodes.append(node)
+    if len(nodes) > len(proto.graph.node):
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
 
 
 def _refuse_unknown_ops(proto: onnx.ModelProto) -> None:

@@ -204,6 +204,168 @@ def test_opset_is_passed_through(keras_sources, capsys):
     assert common.onnx_opset(onnx.load(folder / "o15.onnx")) == 15
 
 
+# -- what tf2onnx does not take as Keras 3 and TFLite write it (issue 16) ------------------------
+def test_grouped_conv_normalization_and_double_bias_convert_exactly(keras_sources, tmp_path):
+    """Three Keras 3 patterns tf2onnx fails on, in one model:
+    a grouped Conv2D (Keras runs it in a jit-compiled nested tf.function, which reached tf2onnx
+    as an untranslated StatefulPartitionedCall: keras.applications' ConvNeXt), a Normalization
+    layer with given mean and variance (captured constants, which became dangling ONNX inputs:
+    EfficientNet, ConvNeXt), and BiasAdd(BiasAdd(Conv2D)) (tf2onnx wrote a Conv with four
+    inputs: ResNetV2 at small inputs). The result has one input and two three-input Convs,
+    equals Keras' output and verifies at 1e-5."""
+    import keras
+    import tensorflow as tf
+
+    import onnxscope
+
+    class ExtraBias(keras.layers.Layer):
+        def build(self, shape):
+            self.b = self.add_weight(shape=(shape[-1],), initializer="random_normal", name="b")
+
+        def call(self, h):
+            return tf.nn.bias_add(h, self.b)
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((10, 10, 8), batch_size=1)
+    h = keras.layers.Normalization(mean=[0.3] * 8, variance=[2.0] * 8)(inp)
+    h = keras.layers.Conv2D(8, 3, padding="same", groups=8, bias_initializer="random_normal")(h)
+    h = keras.layers.Conv2D(6, 1, bias_initializer="random_normal")(keras.layers.ReLU()(h))
+    model = keras.Model(inp, ExtraBias()(h))
+    from onnxscope.converters import tensorflow as tfc
+
+    done = tfc.from_keras(model, tmp_path / "m.onnx", nchw=True)
+    loaded = onnx.load(done.path)
+    assert [i.name for i in loaded.graph.input] == ["x"]
+    convs = [n for n in loaded.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and all(len(n.input) == 3 for n in convs)
+    assert "StatefulPartitionedCall" not in {n.op_type for n in loaded.graph.node}
+    x = RNG.standard_normal((1, 10, 10, 8)).astype(np.float32)
+    want = np.asarray(model(x, training=False)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(run_onnx(done.path, x.transpose(0, 3, 1, 2)), want, atol=1e-5)
+    errors = onnxscope.LinearScope(done.path).interpret(x.transpose(0, 3, 1, 2)).verify()
+    assert max(errors.values()) <= 1e-5, errors
+
+
+def sparse_tflite(folder):
+    """A conv (1x1 kernel, 3/4 of it zero) and a dense layer (zero in 4x1 blocks), written by
+    TFLite's converter with EXPERIMENTAL_SPARSITY: the conv kernel in CSR, the dense kernel in
+    block-CSR, each behind a DENSIFY op."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((6, 6, 24), batch_size=1)
+    conv, dense = keras.layers.Conv2D(16, 1), keras.layers.Dense(8)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(conv(inp)))
+    model = keras.Model(inp, dense(keras.layers.Dense(32)(h)))
+    rng = np.random.default_rng(4)
+    kernel = np.asarray(conv.kernel)
+    kernel[rng.random(kernel.shape) < 0.75] = 0
+    conv.kernel.assign(kernel)
+    kernel = np.asarray(dense.kernel)  # [32 in, 8 out]: blocks of 4 inputs
+    kernel[np.repeat(rng.random((8, 8)) < 0.7, 4, axis=0)] = 0
+    dense.kernel.assign(kernel)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    path = folder / "sparse.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def tflite_run(path, x):
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+def test_sparse_tflite_weights_are_densified(keras_sources, tmp_path, capsys):
+    """tf2onnx read the sparse buffers as dense ones ("cannot reshape array of size ..."): they
+    are now decoded and stored dense, and the converted model gives TFLite's outputs."""
+    from onnxscope.converters import tflite_sparsity
+
+    import onnxscope
+
+    path = sparse_tflite(tmp_path)
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    sparse = flatbuffer_utils.read_model(str(path))
+    formats = {
+        tuple(d.format for d in t.sparsity.dimMetadata)
+        for t in sparse.subgraphs[0].tensors
+        if t.sparsity is not None
+    }
+    assert len(formats) == 2 and any(len(f) == 3 for f in formats), formats  # CSR and block-CSR
+    _, names = tflite_sparsity.densified(path.read_bytes())
+    assert len(names) == 2
+    code, _, err = convert_cli(capsys, path, "-o", tmp_path / "s.onnx")
+    assert code == 0, err
+    x = RNG.standard_normal((1, 6, 6, 24)).astype(np.float32)
+    want = tflite_run(path, x)
+    np.testing.assert_allclose(run_onnx(tmp_path / "s.onnx", x), want, rtol=1e-5, atol=1e-6)
+    errors = onnxscope.LinearScope(str(tmp_path / "s.onnx")).interpret(x).verify()
+    assert max(errors.values()) <= 1e-5, errors
+
+
+def csr(segments, indices):
+    from types import SimpleNamespace
+
+    vec = SimpleNamespace
+    return vec(format=1, arraySegments=vec(values=segments), arrayIndices=vec(values=indices))
+
+
+def dense_level(size):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(format=0, denseSize=size)
+
+
+@pytest.mark.parametrize(
+    ("want", "order", "block_map", "levels", "values"),
+    [
+        (  # CSR over rows: [[0, 5, 0], [6, 0, 7]]
+            [[0, 5, 0], [6, 0, 7]], [0, 1], None,
+            [dense_level(2), csr([0, 1, 3], [1, 0, 2])], [5, 6, 7],
+        ),
+        (  # the same matrix traversed column first (traversal_order [1, 0])
+            [[0, 5, 0], [6, 0, 7]], [1, 0], [],
+            [dense_level(3), csr([0, 1, 2, 3], [1, 0, 1])], [6, 5, 7],
+        ),
+        (  # 2x2 blocks of a 4x4 matrix, blocks (0, 0) and (1, 1) stored, each row-major
+            [[1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 3, 4]], [0, 1, 2, 3], [0, 1],
+            [dense_level(2), csr([0, 1, 2], [0, 1]), dense_level(2), dense_level(2)],
+            [1, 0, 0, 2, 0, 0, 3, 4],
+        ),
+    ],
+)  # fmt: skip
+def test_sparse_tensor_decoding_follows_the_schema(want, order, block_map, levels, values):
+    """Hand-written examples of TFLite's SparsityParameters (schema.fbs), including a traversal
+    order and blocks that TFLite's converter did not write in the test above."""
+    from types import SimpleNamespace
+
+    from onnxscope.converters.tflite_sparsity import to_dense
+
+    sparsity = SimpleNamespace(traversalOrder=order, blockMap=block_map, dimMetadata=levels)
+    want = np.array(want, np.float32)
+    got = to_dense(np.array(values, np.float32), want.shape, sparsity, "w")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_inconsistent_sparsity_is_refused(keras_sources):
+    from types import SimpleNamespace
+
+    from onnxscope.converters.tflite_sparsity import to_dense
+
+    sparsity = SimpleNamespace(
+        traversalOrder=[0, 1], blockMap=None, dimMetadata=[dense_level(2), csr([0, 1, 2], [0, 1])]
+    )
+    with pytest.raises(common.ConversionError, match="'w': 3 stored values for 2 positions"):
+        to_dense(np.zeros(3, np.float32), (2, 2), sparsity, "w")
+
+
 # -- PyTorch -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torch_net():

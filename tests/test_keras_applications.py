@@ -1,0 +1,146 @@
+"""Every architecture family of `keras.applications`, converted by onnxscope.converters.tensorflow
+(tf2onnx, NCHW input) and interpreted exactly.
+
+Each model is built with `weights=None` (nothing downloads), ten classes, the smallest input its
+family allows, and seeded random weights (keras_zoo.randomize: BatchNorm statistics, biases and
+scales away from Keras' 0/1 defaults). Checked for each: verify()'s reconstruction, linearity and
+adjoint errors are ≤ 1e-5 on a random input; the converted model under plain ONNX Runtime gives
+Keras' own prediction to float tolerance; the interpretation's output equals ONNX Runtime's.
+
+The CI run takes the smallest member of each family (`CI_MEMBER`). Two exceptions, for time on a
+2-core machine: VGG16 is built without its two 4096-wide dense layers (include_top=False with
+average pooling: 14.7M of its 33.6M parameters, 50 s -> ~20 s), and InceptionResNetV2 (the only
+member of its family, 54M parameters, ~75 s) runs only in the slow profile. `ONNXSCOPE_SLOW=1`
+runs every member of every family, each with its classifier, and prints one table row per model
+(member, parameters, convert seconds, verify errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="keras.applications needs the [tf] extra")
+pytest.importorskip("tf2onnx", reason="keras.applications needs the [tf] extra (tf2onnx)")
+ort = pytest.importorskip("onnxruntime")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras_zoo as kz  # noqa: E402
+from onnxscope.converters import tensorflow as tfc  # noqa: E402
+
+import onnxscope  # noqa: E402
+
+EXACT = 1e-5
+SLOW = os.environ.get("ONNXSCOPE_SLOW") == "1"
+CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    members: tuple[str, ...]  # keras.applications constructors, smallest first
+    size: int  # the smallest square input the family takes
+    ci: bool = True  # its smallest member runs in the CI suite
+    ci_headless: bool = False  # in CI: include_top=False, pooling="avg"
+
+
+FAMILIES = {
+    "ConvNeXt": Family(
+        ("ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge"), 32
+    ),
+    "DenseNet": Family(("DenseNet121", "DenseNet169", "DenseNet201"), 32),
+    "EfficientNet": Family(tuple(f"EfficientNetB{k}" for k in range(8)), 32),
+    "EfficientNetV2": Family(
+        tuple(f"EfficientNetV2{k}" for k in ("B0", "B1", "B2", "B3", "S", "M", "L")), 32
+    ),
+    "InceptionResNetV2": Family(("InceptionResNetV2",), 75, ci=False),
+    "InceptionV3": Family(("InceptionV3",), 75),
+    "MobileNet": Family(("MobileNet",), 32),
+    "MobileNetV2": Family(("MobileNetV2",), 32),
+    "MobileNetV3": Family(("MobileNetV3Small", "MobileNetV3Large"), 32),
+    "NASNet": Family(("NASNetMobile", "NASNetLarge"), 32),
+    "ResNet": Family(("ResNet50", "ResNet101", "ResNet152"), 32),
+    "ResNetV2": Family(("ResNet50V2", "ResNet101V2", "ResNet152V2"), 32),
+    "VGG": Family(("VGG16", "VGG19"), 32, ci_headless=True),
+    "Xception": Family(("Xception",), 71),
+}
+CI_MEMBER = {f.members[0]: (name, f.ci_headless) for name, f in FAMILIES.items() if f.ci}
+EVERY_MEMBER = [(name, m) for name, f in FAMILIES.items() for m in f.members]
+
+
+def build(member: str, size: int, headless: bool = False):
+    """The architecture with seeded random weights, and a seeded random NHWC input."""
+    import keras
+
+    keras.utils.set_random_seed(kz.SEED)
+    top = {"include_top": False, "pooling": "avg"} if headless else {"classes": CLASSES}
+    model = getattr(keras.applications, member)(weights=None, input_shape=(size, size, 3), **top)
+    x = np.random.default_rng(kz.SEED + 1).standard_normal((1, size, size, 3)).astype(np.float32)
+    return kz.randomize(model), x
+
+
+def check(member: str, size: int, tmp_path, headless: bool = False) -> str:
+    """Convert, compare with Keras and verify; returns the table row."""
+    model, x = build(member, size, headless)
+    path = str(tmp_path / f"{member}.onnx")
+    start = time.perf_counter()
+    tfc.from_keras(model, path, nchw=True)
+    seconds = time.perf_counter() - start
+    want = kz.forward(model, x)
+    feed = kz.to_nchw(x)
+    (plain,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": feed})
+    assert plain.shape == want.shape
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(plain, want, rtol=1e-4, atol=1e-5 * scale)
+    it = onnxscope.LinearScope(path).interpret(feed)
+    np.testing.assert_allclose(it.output, plain, rtol=1e-5, atol=1e-6 * scale)
+    errors = it.verify()
+    assert set(errors) == {"reconstruction", "linearity", "adjoint"}, errors
+    row = (
+        f"| {member}{' (no top)' if headless else ''} | {model.count_params() / 1e6:.1f}M "
+        f"| {size}² | {seconds:.1f} | "
+        + " | ".join(f"{errors[k]:.1e}" for k in ("reconstruction", "linearity", "adjoint"))
+        + " |"
+    )
+    print(row)
+    assert max(errors.values()) <= EXACT, errors
+    return row
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras_session():
+    """Each model is large: drop Keras' graph state after each test (memory stays flat)."""
+    yield
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+@pytest.mark.parametrize("member", list(CI_MEMBER))
+def test_smallest_member_of_each_family(member, tmp_path):
+    family, headless = CI_MEMBER[member]
+    check(member, FAMILIES[family].size, tmp_path, headless)
+
+
+@pytest.mark.skipif(not SLOW, reason="every keras.applications member (~1 h): ONNXSCOPE_SLOW=1")
+@pytest.mark.parametrize(("family", "member"), EVERY_MEMBER, ids=[m for _, m in EVERY_MEMBER])
+def test_every_member(family, member, tmp_path):
+    check(member, FAMILIES[family].size, tmp_path)
+
+
+def test_every_family_is_listed():
+    """The table names every architecture keras.applications has (a new one fails here), and the
+    CI run leaves out only the family said above."""
+    import keras
+
+    constructors = {n for n in dir(keras.applications) if n[0].isupper()}
+    listed = {m for f in FAMILIES.values() for m in f.members}
+    assert constructors == listed, constructors ^ listed
+    assert {n for n, f in FAMILIES.items() if not f.ci} == {"InceptionResNetV2"}
