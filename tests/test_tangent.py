@@ -84,6 +84,9 @@ OPS = {
     "Softmax_masked": (["u = Add(x, mask)", "y = Softmax <axis=-1> (u)"], 17, {"mask": MASK}),
     "Mul_self": (["s = Sigmoid(x)", "y = Mul(x, s)"], 17, {}),  # SiLU written out
     "Mul_square": (["y = Mul(x, x)"], 17, {}),
+    "Mul_self_opset9": (["s = Sigmoid(x)", "y = Mul(x, s)"], 9, {}),  # Equal without floats
+    # opset < 13: softmax over the flattened axes from `axis` on
+    "Softmax_opset11": (["y = Softmax <axis=1> (x)"], 11, {}, (2, 3, 2)),
     "Div_both": (["e = Exp(x)", "d = Add(e, one)", "y = Div(x, d)"], 17, {"one": np.array(1.0)}),
     "Div_denominator": (["e = Exp(x)", "y = Div(one, e)"], 17, {"one": np.array(2.0)}),
     "MatMul_both": (["t = Transpose(x)", "y = MatMul(x, t)"], 17, {}),
@@ -429,6 +432,43 @@ def test_artifacts_and_cli_name_the_mode(tmp_path):
         check=True,
     )
     assert "tangent" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "onnxscope", "inspect", str(path), "--mode", "tangent", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    listed = json.loads(out.stdout)
+    assert listed["mode"] == "tangent" and "product rule" in listed["units"][-1]["frozen"]
+
+
+COMMANDS = {  # every command that builds a LinearScope, with its positional arguments
+    "inspect": ["m.onnx"],
+    "rewrite": ["m.onnx", "-o", "out"],
+    "verify": ["m.onnx"],
+    "rows": ["m.onnx", "-o", "r.npy"],
+    "columns": ["m.onnx", "-o", "c.npy"],
+    "votes": ["m.onnx", "-o", "v.npy"],
+    "bias": ["m.onnx", "-o", "b.npy"],
+    "svd": ["m.onnx", "-o", "s.npz"],
+    "diff": ["m.onnx", "a.npy", "b.npy"],
+    "report": ["m.onnx", "image.png", "-o", "out"],
+    "batch": ["m.onnx", "images", "-o", "out"],
+    "serve": ["m.onnx"],
+    "triton": ["m.onnx", "-o", "repo"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_takes_the_mode(command):
+    from onnxscope.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([command, *COMMANDS[command]]).mode == "secant"
+    args = parser.parse_args([command, *COMMANDS[command], "--mode", "tangent"])
+    assert args.mode == "tangent"
+    if command == "report":
+        assert parser.parse_args([command, *COMMANDS[command], "--mode", "both"]).mode == "both"
 
 
 def test_report_both_modes_side_by_side(exported):

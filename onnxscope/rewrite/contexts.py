@@ -216,7 +216,8 @@ class LinearContext(TwinContext):
         for i in self.plan.carried:
             twin = self.lin(i)
             if self.affine:  # aff(i) - u_i(x), 0 where equal (a -inf score: not -inf - -inf)
-                at_x, value = self.b.equal(twin, self.value(i), "at_x"), self.value(i)
+                value = self.value(i)
+                at_x = self.b.equal(twin, value, "at_x")
                 moved = self.b.op("Sub", [twin, value], "from_x")
                 twin = self.b.op("Where", [at_x, self.const(0, i), moved], "from_x")
             terms.append(self.partial(rule, i, twin))
