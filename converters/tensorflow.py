@@ -449,6 +449,14 @@ def _refuse_unknown_ops(proto: onnx.ModelProto) -> None:
             onnx.defs.get_schema(n.op_type, max_inclusive_version=99, domain=n.domain)
         except onnx.defs.SchemaError:
             unknown.setdefault(n.op_type, n.name)
+    calls = sorted(name for op, name in unknown.items() if op.endswith("PartitionedCall"))
+    if calls:
+        raise ConversionError(
+            f"A nested TensorFlow function call (node '{calls[0]}') was left after inlining "
+            "every call that TensorFlow allows to be inlined, and tf2onnx cannot translate a "
+            "call. Write that part of the model without a nested tf.function (or with one "
+            "TensorFlow inlines) and convert again."
+        )
     if unknown:
         ops = ", ".join(f"'{op}' (node '{name}')" for op, name in sorted(unknown.items()))
         raise ConversionError(

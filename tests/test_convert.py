@@ -246,6 +246,20 @@ def test_grouped_conv_normalization_and_double_bias_convert_exactly(keras_source
     assert max(errors.values()) <= 1e-5, errors
 
 
+def test_a_call_left_after_inlining_is_named(keras_sources, tmp_path, monkeypatch):
+    """Should a nested call survive inlining (here: the no-inline marks kept), the refusal names
+    the call node and says what to change, instead of an untranslated op with a handler hint."""
+    import keras
+    from onnxscope.converters import tensorflow as tfc
+
+    monkeypatch.setattr(tfc, "_allow_inlining", lambda graph_def: None)
+    inp = keras.Input((6, 6, 4), batch_size=1)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3, groups=2)(inp))
+    with pytest.raises(common.ConversionError, match=r"nested TensorFlow function call \(node '"):
+        tfc.from_keras(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def sparse_tflite(folder):
     """A conv (1x1 kernel, 3/4 of it zero) and a dense layer (zero in 4x1 blocks), written by
     TFLite's converter with EXPERIMENTAL_SPARSITY: the conv kernel in CSR, the dense kernel in
