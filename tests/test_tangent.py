@@ -30,7 +30,10 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "samples")]
+from architectures import torch_models as tm  # noqa: E402
+
 from converters.pytorch import export  # noqa: E402
 
 EXACT = 1e-5  # float32 agreement with torch and reconstruction
@@ -514,3 +517,19 @@ def test_tangent_readings_add_up(exported):
     np.testing.assert_allclose(votes + it.bias.ravel()[:3], it.output.ravel()[:3], rtol=1e-5)
     shares = sum(it.bias_by_layer().values())
     np.testing.assert_allclose(shares, it.bias, rtol=1e-5, atol=1e-6 * np.abs(it.bias).max())
+
+
+@pytest.mark.parametrize("name", list(tm.ARCHITECTURES))
+def test_suite_architectures_rows_equal_torch_vjp(tmp_path, name):
+    # the test suite's architectures (samples/architectures/torch_models.py: hardswish, SE gates,
+    # InstanceNorm, LayerNorm and GELU, SiLU...), legacy exporter: rows against torch.func.vjp
+    module, x = tm.build(name)
+    path = tmp_path / f"{name}.onnx"
+    export(module, x, path, dynamo=False)
+    it = onnxscope.LinearScope(str(path), mode="tangent").interpret(x.numpy())
+    picked = np.random.default_rng(0).choice(it.output.size, min(4, it.output.size), replace=False)
+    cotangents = np.zeros((len(picked), it.output.size), np.float32)
+    cotangents[np.arange(len(picked)), picked] = 1
+    want = tm.vjp(module, x, cotangents.reshape(len(picked), *it.output.shape))
+    assert rel(it.rows(list(picked)), want) < EXACT
+    assert it.verify().ok
