@@ -13,6 +13,7 @@ of the test suite). Timed, each as the median over --repeat interleaved rounds (
 - `mask pass`: onnxscope's interpretation at x (the mask graph: F(x) and every derivative);
 - `row (adjoint)`: one row through the adjoint graph, given the interpretation;
 - `gradient`: onnxscope's whole gradient of one logit at a new x (mask pass + row);
+- `secant row`: the same in secant mode (the paper's interpreter), for the cost of the tangent;
 - `torch grad`: torch forward with autograd + `torch.autograd.grad(logit_k, x)`.
 
 The script also prints how far onnxscope's row is from torch's gradient (relative L2). On a
@@ -79,6 +80,7 @@ def bench_net(name: str, size: int, repeat: int, threads: int | None, folder: st
     path = export_with_free_batch(net, x, os.path.join(folder, f"{name}.onnx"))
     plain = ort.InferenceSession(path, session_options(threads=threads), ["CPUExecutionProvider"])
     scope = onnxscope.LinearScope(path, mode="tangent", threads=threads)
+    secant = onnxscope.LinearScope(path, threads=threads)
     start = time.perf_counter()
     it = scope.interpret(x)
     build_s = time.perf_counter() - start  # (rewrite + sessions + the first mask pass)
@@ -95,6 +97,7 @@ def bench_net(name: str, size: int, repeat: int, threads: int | None, folder: st
         "mask pass": lambda: scope.interpret(x),
         "row (adjoint)": lambda: it.rows([k]),
         "gradient": lambda: scope.interpret(x).rows([k]),
+        "secant row": lambda: secant.interpret(x).rows([k]),
         "torch grad": torch_grad,
     }
     samples, skipped = round_robin(fns, repeat)
