@@ -528,19 +528,44 @@ class SqrtReciprocal(PowerUnit):
 
 @register("Pow")
 class Pow(PowerUnit):
-    def tangent_plan(self, node, lin, model, plan) -> Plan:
-        if lin[1]:
-            raise Unsupported(
-                "tangent mode: an input-dependent exponent has no tangent rule here "
-                "(its partial u^v log u is not built); only u^c is"
-            )
-        return super().tangent_plan(node, lin, model, plan)
+    # tangent mode: y = u^v has the partials p u^(p - 1) in u and y log u in an input-dependent
+    # exponent v (the product rule sums them); the secant freezes v
+    PARTIALS = {0: "gain", 1: "exponent_gain"}
+
+    def tangent_frozen(self, node) -> str:
+        return "gain p u^(p-1), and y log u for an input-dependent exponent (float)"
 
     def derivative(self, node, m, u, y) -> str:
         # (u^p)' = p u^(p - 1), p cast to u's dtype
         o = _Ops(m, u)
         p = m.b.op("Cast", [node.input[1]], "exponent", to=_onnx_type(m.dtype(u)))
         return o.Mul(p, o.Pow(u, o.Sub(p, 1.0)))
+
+    def masks(self, node, m) -> None:
+        if not m.tangent:
+            super().masks(node, m)
+            return
+        u, y = node.input[0], node.output[0]
+        m.add("gain", self.derivative(node, m, u, y))
+        if 1 in m.plan.carried:  # d(u^v)/dv = y log u: 0 where y = 0 (u = 0 with v > 0)
+            o = _Ops(m, u)
+            m.add("exponent_gain", o.Where(is_zero(m, y), 0.0, o.Mul(y, o.Log(u))))
+
+    def linear(self, node, c) -> None:
+        if not c.tangent:
+            super().linear(node, c)
+            return
+        i = c.plan.carried[0]  # (one partial at a time: LinearContext.emit)
+        twin = c.expand(c.lin(i), c.in_shape(i), c.out_shape())
+        c.set_out(c.b.op("Mul", [twin, c.mask(self.PARTIALS[i])], "y"))
+
+    def adjoint(self, node, a) -> None:
+        if not a.tangent:
+            super().adjoint(node, a)
+            return
+        i = a.plan.carried[0]
+        g = a.b.op("Mul", [a.grad(), a.mask(self.PARTIALS[i])], "g")
+        a.add_grad(i, a.unbroadcast(g, a.out_shape(), a.in_shape(i)))
 
     def plan(self, node, lin, model) -> Plan:
         if not lin[0]:
