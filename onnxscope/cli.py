@@ -606,7 +606,10 @@ def cmd_rewrite(args) -> int:
     files = artifacts.files(args.output_name, readings)
     out = REWRITE.publish(args.output, files, sources=sources)
     units = artifacts.manifest["units"]
-    print(f"Wrote {', '.join(files)} to {out} ({len(units)} frozen unit(s) and gate(s)).")
+    print(
+        f"Wrote {', '.join(files)} to {out} ({len(units)} frozen unit(s) and gate(s), "
+        f"{scope.mode} mode)."
+    )
     return EXIT_OK
 
 
