@@ -248,11 +248,27 @@ def test_loop_on_the_input_path(tmp_path):
     inits = [
         numpy_helper.from_array(np.array(2, np.int64), "trip"),
         numpy_helper.from_array(np.array(True), "keep"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"),
     ]
+    # a static trip count: unrolled, its two Relus frozen, exact
     node = helper.make_node("Loop", ["trip", "keep", "c"], ["y"], body=body)
     path = tmp_path / "loop.onnx"
     onnx.save(small_model([node], inits), path)
-    assert_one_paragraph_error(run_cli("verify", str(path)), "(Loop)", "control flow")
+    done = run_cli("inspect", str(path))
+    assert done.returncode == 0 and "2 frozen unit(s)" in done.stdout, done.stderr + done.stdout
+    assert run_cli("verify", str(path)).returncode == 0
+    # a trip count the data decides (1 + [max(c) > 0]): refused, naming the node and why
+    decide = [
+        helper.make_node("ReduceMax", ["c"], ["top"], keepdims=0),
+        helper.make_node("Greater", ["top", "zero"], ["positive"]),
+        helper.make_node("Cast", ["positive"], ["flag"], to=TensorProto.INT64),
+        helper.make_node("Add", ["flag", "trip"], ["trips"]),
+        helper.make_node("Loop", ["trips", "keep", "c"], ["y"], body=body),
+    ]
+    onnx.save(small_model(decide, inits), path)
+    assert_one_paragraph_error(
+        run_cli("verify", str(path)), "(Loop)", "decided by the input's values"
+    )
 
 
 def test_unsupported_ops_are_all_listed(tmp_path):
