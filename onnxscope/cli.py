@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve import triton as triton_commands
 
     serve_commands.add_parser(sub)
+    from .serve.explore import commands as explore_commands  # `explore`: serve/explore/
+
+    explore_commands.add_parser(sub)
     triton_commands.add_parser(sub)
     from .batch import commands as batch_commands  # `batch`: onnxscope/batch/
 

@@ -49,7 +49,16 @@ def add_parser(sub) -> None:
         "stay open)",
     )
     arg("--threads", type=positive_int, help="ONNX Runtime intra-op threads per session")
+    arg(
+        "--explore",
+        action="store_true",
+        help="also serve the explorer page of each model at /explore/NAME (needs every reading)",
+    )
+    arg("--image", help="--explore: the first input, a PNG/JPEG or .npy (default: bundled)")
     add_model_arguments(sp)
+    from ..cli import add_image_options
+
+    add_image_options(sp, logits=False)
     sp.set_defaults(func=run)
 
 
@@ -107,11 +116,17 @@ def run(args) -> int:
     service = Service(
         models, api_key=api_key, max_request_bytes=args.max_request_bytes or MAX_REQUEST_BYTES
     )
+    explorers = None
+    if args.explore:
+        from .explore.commands import explorers_for
+
+        explorers = explorers_for(models, args, args.image)
     server = Server(
         service,
         host=args.host,
         port=args.port,
         grpc_port=None if args.no_grpc else args.grpc_port,
+        explorers=explorers,
     )
 
     def ready(server: Server) -> None:
@@ -120,6 +135,10 @@ def run(args) -> int:
         if server.grpc_address:
             lines.append(f"  gRPC  {server.grpc_address}")
         lines += [f"  model {m.name}" for m in models]
+        if explorers:
+            from .explore.commands import urls
+
+            lines += urls(server, explorers)
         print("\n".join(lines), flush=True)
 
     server.run(ready)

@@ -6,6 +6,7 @@
     GET  /v2/models/NAME[/versions/1]/ready             model readiness
     POST /v2/models/NAME[/versions/1]/infer             inference (JSON or binary tensors)
     GET  /metrics                                       Prometheus text
+    GET  /explore/NAME (and its JSON questions)         the explorer, with `explorers` (explore/)
 
 Every error is `{"error": "..."}` with its status: 400 a bad request, 401 no key, 404 unknown,
 413 a body over --max-request-bytes, 500 a server fault (logged; the next request is served)."""
@@ -43,7 +44,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def make_app(service: Service) -> Starlette:
+def make_app(service: Service, explorers: dict | None = None) -> Starlette:
     def model_of(request: Request):
         params = request.path_params
         return service.model(params["name"], params.get("version", ""))
@@ -111,11 +112,21 @@ def make_app(service: Service) -> Starlette:
             *routes("/ready", model_ready),
             *routes("/infer", infer, ("POST",)),
             Route("/metrics", metrics),
+            *explore_routes(explorers),
         ],
         exception_handlers={RequestError: refused, HTTPException: refused, Exception: refused},
     )
     app.add_middleware(KeyCheck, service=service)
     return app
+
+
+def explore_routes(explorers: dict | None) -> list[Route]:
+    """The explorer's routes (onnxscope/serve/explore/routes.py), when there are explorers."""
+    if not explorers:
+        return []
+    from .explore.routes import explorer_routes
+
+    return explorer_routes(explorers, read_body)
 
 
 class KeyCheck:

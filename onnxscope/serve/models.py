@@ -64,6 +64,8 @@ class ServedModel:
     name must agree on it), a session, and `infer`, which checks a request completely first."""
 
     platform = "onnxruntime_onnx"
+    artifacts = None  # the plain model's rewrite (Artifacts), kept for the explorer
+    read_output = None  # the plain model's output its readings read
 
     def __init__(
         self,
@@ -257,6 +259,8 @@ def load(
     if readings:
         artifacts = scope.artifacts(analyzed.input_shapes)
         graphs = reading_graphs(artifacts, output=output, only=readings)
+        served[0].artifacts = artifacts
+        served[0].read_output = graphs[readings[0]].output
         for reading in readings:
             graph = graphs[reading]
             served.append(

@@ -97,7 +97,7 @@ def host_port(host: str, port: int) -> str:
 class Server:
     """The REST and gRPC front ends of one Service. `start()` runs them in the background (the
     tests), `run()` in the foreground until SIGINT/SIGTERM (the command). Port 0: a free one;
-    `grpc_port=None`: no gRPC."""
+    `grpc_port=None`: no gRPC. `explorers`: {model name: explore.Explorer}, the explorer pages."""
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 8000,
         grpc_port: int | None = 8001,
+        explorers: dict | None = None,
     ):
         import uvicorn
 
@@ -114,7 +115,7 @@ class Server:
         self.service, self.host = service, host
         self.grpc_port = grpc_port
         config = uvicorn.Config(
-            make_app(service),
+            make_app(service, explorers),
             host=host,
             port=port,
             log_level="warning",
