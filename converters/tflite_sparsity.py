@@ -35,6 +35,8 @@ def densified(flatbuffer: bytes) -> tuple[bytes, list[str]] | None:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
+    if not _has_sparse_tensor(schema.Model.GetRootAs(flatbuffer, 0)):
+        return None  # read in place, without unpacking every buffer
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     names = []
     for graph in model.subgraphs:
@@ -101,6 +103,14 @@ def to_dense(values: np.ndarray, shape: tuple[int, ...], sparsity, name: str) ->
     dense = np.zeros(shape, values.dtype)
     dense[tuple(index)] = values
     return dense
+
+
+def _has_sparse_tensor(model) -> bool:
+    return any(
+        graph.Tensors(t).Sparsity() is not None
+        for graph in (model.Subgraphs(g) for g in range(model.SubgraphsLength()))
+        for t in range(graph.TensorsLength())
+    )
 
 
 def _drop_densify(model, graph, densify_code: int) -> None:
