@@ -246,6 +246,24 @@ def test_grouped_conv_normalization_and_double_bias_convert_exactly(keras_source
     assert max(errors.values()) <= 1e-5, errors
 
 
+def test_grouped_conv_through_the_cli(keras_sources, tmp_path, capsys):
+    """`onnxscope convert` on a .keras file with ConvNeXt's two troubles (a depthwise Conv2D with
+    groups = channels, a Normalization layer with fixed statistics): exit 0, Keras' outputs."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((9, 9, 6))
+    h = keras.layers.Normalization(mean=[0.1] * 6, variance=[3.0] * 6)(inp)
+    h = keras.layers.Conv2D(6, 7, padding="same", groups=6, bias_initializer="random_normal")(h)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    model.save(tmp_path / "dw.keras")
+    code, _, err = convert_cli(capsys, tmp_path / "dw.keras", "-o", tmp_path / "dw.onnx", "--nchw")
+    assert code == 0, err
+    x = RNG.standard_normal((1, 9, 9, 6)).astype(np.float32)
+    got = run_onnx(tmp_path / "dw.onnx", x.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(got, np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_a_call_left_after_inlining_is_named(keras_sources, tmp_path, monkeypatch):
     """Should a nested call survive inlining (here: the no-inline marks kept), the refusal names
     the call node and says what to change, instead of an untranslated op with a handler hint."""
