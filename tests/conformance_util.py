@@ -36,8 +36,12 @@ from onnx import numpy_helper
 
 import onnxscope.rewrite.rules  # noqa: F401  (fills the registry)
 from onnxscope.graph.model import SUPPORTED_OPSETS, default_opset, graph_inputs
-from onnxscope.graph.ops import CONTROL_FLOW_OPS as EXPANDED_BEFORE_ANALYSIS
+from onnxscope.graph.ops import CONTROL_FLOW_OPS
+from onnxscope.graph.recurrent import RECURRENT_OPS
 from onnxscope.rewrite.registry import rule_for
+
+# expanded before analysis (graph/controlflow.py, graph/recurrent.py): no rule needed
+EXPANDED_BEFORE_ANALYSIS = CONTROL_FLOW_OPS | RECURRENT_OPS
 
 ONNX_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 SHIPPED_NODE_DIR = ONNX_DATA / "node"

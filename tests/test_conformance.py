@@ -66,7 +66,11 @@ OUT_RTOL = 1e-6  # mask graph vs a plain ORT run of the same model
 # used dummy values for non-wrt inputs (Resize scales, Slice steps, Split sizes as inputs), Clip
 # with min > max, Softmax overflow for large logits, Max/Min of one input, a non-wrt input named
 # 'x', ReduceMax/Min with runtime axes, IR-3 models, the opset-9 AveragePool adjoint.
-NODE_BUGS: dict[str, str] = {}
+NODE_BUGS: dict[str, str] = {
+    # not a bug, a refusal by design (graph/recurrent.py): LSTM/GRU/RNN are unrolled at static
+    # sequence lengths; here sequence_lens is a graph input (the frozen variant passes)
+    "test_lstm_with_peepholes": "sequence_lens fed at run time: the unrolling refuses it",
+}
 NODE_FROZEN_BUGS: dict[str, str] = {}
 LIGHT_BUGS: dict[str, str] = {}
 LIGHT_IR4_BUGS: dict[str, str] = {}

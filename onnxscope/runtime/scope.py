@@ -14,6 +14,7 @@ import onnx
 from ..errors import InputError, OnnxscopeError
 from ..graph.controlflow import fold_static_control_flow
 from ..graph.model import AnalyzedModel, load_light
+from ..graph.recurrent import unroll_recurrent
 from ..rewrite.analysis import default_wrt
 from ..rewrite.artifacts import Artifacts
 from ..rewrite.driver import rewrite
@@ -231,7 +232,7 @@ class LinearScope:
             if all(onnx.defs.has(n.op_type, n.domain) for n in analyzed.nodes):
                 raise
             return analyzed
-        return fold_static_control_flow(analyzed)
+        return unroll_recurrent(fold_static_control_flow(analyzed))  # (graph/recurrent.py)
 
     def artifacts(self, input_shapes: Mapping[str, Sequence[int]]) -> Artifacts:
         return self._prepare(input_shapes)[1].artifacts
