@@ -409,16 +409,18 @@ def bundled_image() -> str | None:
 
 
 def make_explorers(
-    models: list[ServedModel], image=None, *, conventions=None, labels=None
+    models: list[ServedModel], image=None, *, conventions=None, labels=None, source=None
 ) -> dict[str, Explorer]:
     """An Explorer for every plain model among `models`, at `image` (a path or an array; None:
-    the bundled default image, else a drawn picture), by model name."""
+    the bundled default image, else a drawn picture; `source` says what it is on the page), by
+    model name."""
     served = {m.name: m for m in models}
     explorers = {}
     for plain in (m for m in models if m.reading is None):
         explorer = Explorer(plain, served, conventions=conventions, labels=labels)
         if image is not None:
-            explorer.set_input(image, f"file {image!r}" if isinstance(image, str) else "array")
+            named = f"file {image!r}" if isinstance(image, str) else "an array"
+            explorer.set_input(image, source or named)
         elif bundled_image() is not None:
             explorer.set_input(bundled_image(), "the bundled default image (face.png)")
         else:

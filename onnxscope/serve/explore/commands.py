@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from ...cli import add_image_options
+    from ...cli import add_image_options, add_input_shape_option
     from ..commands import _port
 
     sp = sub.add_parser(
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--port", type=_port, default=8000, help="port (8000; 0: any free one)")
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     sp.add_argument("--output-name", help="the model output to read (default: the first)")
+    add_input_shape_option(sp, "fix the shape of an input with free dims")
     add_image_options(sp)
     sp.set_defaults(func=run)
 
@@ -53,8 +54,8 @@ def run(args) -> int:
     from ..server import Server, Service
 
     models = load_all(
-        [args.model], output=args.output_name, logits=args.logits, mode=args.mode,
-        providers=args.device,
+        [args.model], input_shapes=dict(args.input_shape), output=args.output_name,
+        logits=args.logits, mode=args.mode, providers=args.device,
     )  # fmt: skip
     explorers = explorers_for(models, args, args.image)
     server = Server(Service(models), host=args.host, port=args.port, grpc_port=None,

@@ -11,6 +11,7 @@ let state = null; // the server's /state answer for the current input
 let overlay = null; // {plane: {h, w, values}, caption} drawn over the input
 let outputOverlay = null; // a plane drawn over the output (a column, a left singular vector)
 let redraws = []; // what to colour again when a display option changes
+let marks = {input: null, output: null}; // {y, x, h, w} outlined on a canvas: a pixel, a crop
 
 // -- talking to the server ---------------------------------------------------------------------
 async function ask(path, options) {
@@ -118,6 +119,16 @@ function draw(canvas, map, background) {
   return lim;
 }
 
+// outline a box (a clicked pixel: h = w = 1, drawn a little larger) in green on a canvas
+function outline(canvas, box) {
+  if (!box) return;
+  const context = canvas.getContext("2d");
+  const pad = box.h * box.w === 1 ? Math.max(1, Math.round(canvas.width / 60)) : 0;
+  context.strokeStyle = "#00c853";
+  context.lineWidth = Math.max(0.3, canvas.width / 320); // about 2 screen pixels
+  context.strokeRect(box.x - pad, box.y - pad, box.w + 2 * pad, box.h + 2 * pad);
+}
+
 // a canvas pixel from a mouse event on a canvas shown scaled
 function pixelOf(canvas, event) {
   const box = canvas.getBoundingClientRect();
@@ -134,6 +145,7 @@ function fmt(v) {
 function drawInput() {
   const picture = pictureRGB(decode(state.picture));
   const lim = draw($("input"), overlay && overlay.plane, picture);
+  outline($("input"), marks.input);
   $("input-caption").textContent = overlay
     ? `${overlay.caption} (colour scale ±${fmt(lim)})`
     : "The input as the model sees it (channels stretched together).";
@@ -157,6 +169,7 @@ function drawOutput() {
     $("output-caption").textContent =
       `F(x), ${c} channel(s), from ${fmt(lo)} to ${fmt(hi)}. Click an output pixel for its row.`;
   }
+  outline($("output"), marks.output);
 }
 
 function drawBars() {
@@ -179,7 +192,7 @@ function drawBars() {
     for (const [value, kind] of [[votes, "votes"], [bias, "biaspart"]]) {
       const piece = document.createElement("span");
       piece.className = `piece ${kind} ${value < 0 ? "negative" : ""}`;
-      piece.style.width = `${(48 * Math.abs(value)) / scale}%`;
+      piece.style.width = `${(100 * Math.abs(value)) / scale}%`;
       track.append(piece);
     }
     const value = document.createElement("span");
@@ -189,8 +202,12 @@ function drawBars() {
     row.addEventListener("click", () => guarded(() => showVotes(k)));
     bars.append(row);
   }
+  const top = order[0];
+  $("decision").textContent = `The model's largest output is ${classes.labels[top]} ` +
+    `(${fmt(classes.output[top])}): Σ votes ${fmt(classes.vote_sum[top])} + bias ${fmt(classes.bias[top])}.`;
   $("class-caption").textContent = `${classes.output.length} outputs, the ${shown.length} largest ` +
-    "shown: dark = Σ votes (A_x x), light = bias c_x. Click one to overlay its votes.";
+    "shown; bar lengths |Σ votes| (dark) and |bias| (light), red positive, blue negative. " +
+    "Click one to overlay its votes.";
 }
 
 async function showVotes(k) {
@@ -206,11 +223,17 @@ async function showRow(at) {
   const got = await ask(`/row?c=${at.c}&y=${at.y}&x=${at.x}`);
   const row = plane(decode(got.row), state.input.layout);
   overlay = {plane: row, caption: `Row of output (${got.at.join(", ")}) = ${fmt(got.value)}: what it looks at`};
+  outputOverlay = null;
+  const [, , oh, ow] = state.output.shape;
+  const under = {y: Math.floor((at.y * row.h) / oh), x: Math.floor((at.x * row.w) / ow), h: 1, w: 1};
+  marks = {input: under, output: {y: at.y, x: at.x, h: 1, w: 1}};
   drawInput();
+  drawOutput();
   drawZoom(row, got.at);
 }
 
-// the row cut to the box where it is not zero (its support), with a margin
+// the row cut to the box where it is not zero (its support), with a margin; where the support
+// is most of the input, a window around the position (the input's pixel under the output's)
 function drawZoom(row, at) {
   let y0 = row.h, y1 = -1, x0 = row.w, x1 = -1;
   for (let i = 0; i < row.h * row.w; i++) {
@@ -223,14 +246,22 @@ function drawZoom(row, at) {
     $("zoom-caption").textContent = "This row is zero: the output pixel looks at nothing here.";
     return;
   }
+  let what = "its support";
+  if ((y1 - y0 + 1) * (x1 - x0 + 1) > (row.h * row.w) / 4) {
+    const [, , oh, ow] = state.output.shape;
+    const cy = Math.floor((at[1] * row.h) / oh), cx = Math.floor((at[2] * row.w) / ow);
+    const r = Math.max(6, Math.floor(Math.min(row.h, row.w) / 6));
+    [y0, y1, x0, x1] = [cy - r, cy + r, cx - r, cx + r];
+    what = `a window of ±${r} px around it (the row reaches most of the input)`;
+  }
   y0 = Math.max(0, y0 - 2); x0 = Math.max(0, x0 - 2);
   y1 = Math.min(row.h - 1, y1 + 2); x1 = Math.min(row.w - 1, x1 + 2);
   const h = y1 - y0 + 1, w = x1 - x0 + 1;
   const values = new Float32Array(h * w);
   for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) values[y * w + x] = row.values[(y0 + y) * row.w + x0 + x];
   const lim = draw($("zoom"), {h, w, values}, null);
-  $("zoom-caption").textContent = `Rows ${y0}–${y1}, columns ${x0}–${x1} of the input around ` +
-    `output (${at.join(", ")}); colour scale ±${fmt(lim)}.`;
+  $("zoom-caption").textContent = `Input rows ${y0}–${y1}, columns ${x0}–${x1}: ${what}; ` +
+    `output (${at.join(", ")}), colour scale ±${fmt(lim)}.`;
 }
 
 async function showColumn(at) {
@@ -238,8 +269,11 @@ async function showColumn(at) {
   const tensor = decode(got.column);
   const column = state.kind === "image" ? plane(tensor, "NCHW") : plane(tensor);
   outputOverlay = {plane: column, caption: `Column of input (${got.at.join(", ")}): where it goes`};
-  if (state.kind === "image") drawOutput();
-  else {
+  marks = {input: {y: at.y, x: at.x, h: 1, w: 1}, output: null};
+  if (state.kind === "image") {
+    drawOutput();
+    drawInput();
+  } else {
     overlay = null;
     drawInput();
     $("class-caption").textContent = `Column of input (${got.at.join(", ")}): ` +
@@ -248,7 +282,10 @@ async function showColumn(at) {
 }
 
 async function showSingular(crop) {
-  const got = await ask(`/svd?y=${crop.y}&x=${crop.x}&h=${crop.h}&w=${crop.w}&k=3`);
+  // up to 3 triplets, and no more than the smaller side of the cropped operator has
+  const outputs = state.output.shape.reduce((a, b) => a * b, 1);
+  const k = Math.min(3, state.kind === "image" ? crop.h * crop.w : outputs);
+  const got = await ask(`/svd?y=${crop.y}&x=${crop.x}&h=${crop.h}&w=${crop.w}&k=${k}`);
   const vt = decode(got.Vt), u = decode(got.U);
   const box = $("singular");
   box.replaceChildren();
@@ -257,14 +294,13 @@ async function showSingular(crop) {
     const figure = document.createElement("figure");
     const vCanvas = document.createElement("canvas");
     vCanvas.className = "map small";
-    const vShape = vt.shape.slice(1);
-    const v = {shape: [1, ...vShape], values: vt.values.slice(i * perV, (i + 1) * perV)};
+    const v = {shape: vt.shape.slice(1), values: vt.values.slice(i * perV, (i + 1) * perV)};
     draw(vCanvas, plane(v, state.input.layout), null);
     figure.append(vCanvas);
     if (state.kind === "image") {
       const uCanvas = document.createElement("canvas");
       uCanvas.className = "map small";
-      const uu = {shape: [1, ...u.shape.slice(1)], values: u.values.slice(i * perU, (i + 1) * perU)};
+      const uu = {shape: u.shape.slice(1), values: u.values.slice(i * perU, (i + 1) * perU)};
       draw(uCanvas, plane(uu, "NCHW"), null);
       figure.append(uCanvas);
     }
@@ -273,6 +309,9 @@ async function showSingular(crop) {
     figure.append(caption);
     box.append(figure);
   });
+  marks = {input: crop, output: state.kind === "image" ? crop : null};
+  drawInput();
+  drawOutput();
   $("svd-panel").hidden = false;
   $("svd-caption").textContent = `Crop at (${crop.y}, ${crop.x}), ${crop.h}×${crop.w}: A v = σ u.`;
 }
@@ -283,7 +322,10 @@ async function showBias() {
   $("bias-panel").hidden = false;
   redraws.push(() => {
     const lim = draw($("bias"), bias, null);
-    $("bias-caption").textContent = `c_x summed over output channels; colour scale ±${fmt(lim)}.`;
+    const norm = (values) => Math.sqrt(values.reduce((sum, v) => sum + v * v, 0));
+    const share = norm(decode(got.bias).values) / Math.max(norm(decode(state.y).values), 1e-30);
+    $("bias-caption").textContent = `‖c_x‖ / ‖F(x)‖ = ${share.toFixed(3)}: the part of the ` +
+      `output no input pixel moves. Summed over output channels; colour scale ±${fmt(lim)}.`;
   });
   redraws[redraws.length - 1]();
 }
@@ -303,18 +345,26 @@ async function showMask() {
   const got = await ask(`/masks?layer=${encodeURIComponent(layer)}` + (channel === "" ? "" : `&channel=${channel}`));
   const map = decode(got.map);
   const [h, w] = map.shape.length === 2 ? map.shape : [1, map.values.length];
-  // decisions are drawn as they are: 0 black, 1 white (a mean over channels in gray)
-  const at = (i) => [0, 1, 2].map(() => 255 * Math.min(1, Math.max(0, map.values[i])));
+  // decisions as they are: 0 black, 1 white (a mean over channels in gray); frozen values
+  // (gains, statistics) stretched from their smallest to their largest
+  let lo = 0, hi = 1;
+  if (!got.binary) {
+    lo = Math.min(...map.values);
+    hi = Math.max(...map.values);
+  }
+  const span = hi > lo ? hi - lo : 1;
+  const at = (i) => [0, 1, 2].map(() => (255 * (map.values[i] - lo)) / span);
   draw($("mask"), null, {h, w, at});
+  const which = channel === "" ? "mean over channels" : `channel ${channel}`;
   $("mask-caption").textContent = `${layer} ${JSON.stringify(got.shape)}: ` + (got.binary
-    ? `on/off decisions, white = on (${(100 * got.on).toFixed(1)} % on), ` +
-      (channel === "" ? "mean over channels" : `channel ${channel}`)
-    : "frozen values (gray = 0 to 1, clipped)");
+    ? `on/off decisions, white = on (${(100 * got.on).toFixed(1)} % on), ${which}`
+    : `frozen values, black ${fmt(lo)} to white ${fmt(hi)}, ${which}`);
 }
 
 function showState(answer) {
   state = answer;
   overlay = outputOverlay = null;
+  marks = {input: null, output: null};
   redraws = [];
   const conv = state.conventions;
   $("conventions").textContent = `Input: ${conv.source}; ${conv.original_size.join("×")} → ` +
