@@ -12,12 +12,11 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 
 import numpy as np
 import pytest
+import test_report_browser
 from helpers import make_model
-from test_report_browser import CHROMIUM, FLAGS
 
 import onnxscope
 from onnxscope.report.images import load_image
@@ -26,6 +25,7 @@ from onnxscope.serve.models import load
 from onnxscope.serve.server import Server, Service
 
 TOL = 1e-5
+browser = test_report_browser.browser  # the fixture: Debian's Chromium under Playwright
 LABELS = ["cat", "dog", "owl", "fox"]
 
 
@@ -62,20 +62,6 @@ def served():
     explorers = make_explorers(models, labels=LABELS)
     with Server(Service(models), port=0, grpc_port=None, explorers=explorers) as server:
         yield server, explorers, protos
-
-
-@pytest.fixture(scope="module")
-def browser():
-    import playwright.sync_api as sync  # the [dev] extra: a missing browser fails, not skips
-
-    assert os.path.exists(CHROMIUM), (
-        f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install chromium), as "
-        ".ci/run does, or set ONNXSCOPE_CHROMIUM"
-    )
-    with sync.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def close(got, want, what: str) -> None:
@@ -312,3 +298,66 @@ def test_the_page_loads_nothing_from_elsewhere(served):
     for name in ("explore.js", "explore.css"):
         status, body = request(server, "GET", f"/explore-files/{name}")
         assert status == 200 and b"https://" not in body and b"http://" not in body
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+def start(command: list[str], timeout: float = 60.0):
+    """A command that prints `explore URL` once listening: the process and the URL."""
+    import subprocess
+    import sys
+    import threading
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onnxscope", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if "/explore/" in line:
+                found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(timeout):
+        process.kill()
+        raise AssertionError(f"no explorer URL within {timeout} s: {''.join(lines)}")
+    url = next(line.split()[-1] for line in lines if "/explore/" in line)
+    return process, url
+
+
+@pytest.mark.parametrize("command", ["explore", "serve"])
+def test_the_commands_print_the_url_and_serve_the_page(command, tmp_path):
+    import urllib.request
+
+    import onnx
+
+    path = tmp_path / "tiny.onnx"
+    onnx.save(image_to_image(), str(path))
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(png_bytes(4))
+    if command == "explore":
+        args = ["explore", str(path), str(picture), "--port", "0"]
+    else:
+        args = ["serve", str(path), "--explore", "--image", str(picture), "--port", "0",
+                "--no-grpc"]  # fmt: skip
+    process, url = start(args)
+    try:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/explore/tiny")
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert b"explore.js" in response.read()
+        with urllib.request.urlopen(url + "/state", timeout=30) as response:
+            state = json.loads(response.read())
+        assert "picture.png" in state["conventions"]["source"]
+        x, _ = load_image(str(picture), [1, 3, 16, 16])
+        want = onnxscope.LinearScope(image_to_image()).interpret(x).output
+        close(decode(state["y"]), want, "F(x) of the given image")
+    finally:
+        process.terminate()
+        process.wait(10)

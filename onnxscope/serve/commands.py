@@ -117,6 +117,11 @@ def run(args) -> int:
         models, api_key=api_key, max_request_bytes=args.max_request_bytes or MAX_REQUEST_BYTES
     )
     explorers = None
+    if args.explore and api_key is not None:
+        raise InputError(
+            "--explore cannot be used with --api-key-file: a browser page sends no API key. "
+            "Run the explorer on a server of its own (onnxscope explore, on 127.0.0.1)."
+        )
     if args.explore:
         from .explore.commands import explorers_for
 
