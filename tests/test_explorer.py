@@ -289,6 +289,27 @@ def test_uploads_are_checked(served):
     assert status == 200 and body["kind"] == "image"
 
 
+def test_an_nhwc_input_is_read_in_its_own_coordinates():
+    """A channels-last classifier: columns at (c, y, x) are the API's at (0, y, x, c), and the
+    crop of an svd is taken over the input's H and W axes."""
+    rng = np.random.default_rng(2)
+    inits = {"W": _weights(rng, 4, 3, 3, 3), "M": _weights(rng, 4, 3, scale=1.0)}
+    nodes = ["t = Transpose <perm=[0,3,1,2]> (x)", "u = Conv <pads=[1,1,1,1]> (t, W)",
+             "r = Relu(u)", "p = GlobalAveragePool(r)", "f = Flatten(p)",
+             "y = MatMul(f, M)"]  # fmt: skip
+    proto = make_model(nodes, inputs={"x": (1, 12, 10, 3)}, inits=inits)
+    models = load(proto, "nhwc")
+    explorer = make_explorers(models)["nhwc"]
+    assert explorer.layout == "NHWC"
+    it = onnxscope.LinearScope(proto).interpret(explorer.x)
+    close(decode(explorer.column(2, 7, 4)["column"]), it.columns([(0, 7, 4, 2)])[0], "column")
+    close(decode(explorer.class_votes(1)["votes"]), it.votes(1), "votes")
+    found = explorer.singular(3, 2, 4, 5, 2)
+    want = it.svd(2, input_region=(slice(None), slice(3, 7), slice(2, 7)))
+    close(found["s"], want.s, "singular values of an NHWC crop")
+    assert decode(found["Vt"]).shape == (2, 1, 4, 5, 3)
+
+
 def test_the_page_loads_nothing_from_elsewhere(served):
     server, _, _ = served
     status, page = request(server, "GET", "/explore/seg")

@@ -386,7 +386,7 @@ function showState(answer) {
 
 async function upload(file) {
   if (file.size > state.limits.upload_bytes) throw new Error(`The file is over ${state.limits.upload_bytes} bytes.`);
-  showState(await ask("/input", {method: "POST", body: file, headers: {"X-Filename": file.name.slice(0, 80)}}));
+  showState(await ask("/input", {method: "POST", body: file, headers: {"X-Filename": encodeURIComponent(file.name.slice(0, 80))}}));
 }
 
 // -- events ------------------------------------------------------------------------------------

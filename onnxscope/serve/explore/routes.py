@@ -21,6 +21,7 @@ import html
 import logging
 import re
 from importlib import resources
+from urllib.parse import unquote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -112,7 +113,7 @@ def explorer_routes(explorers: dict[str, Explorer], read_body) -> list[Route]:
 
     def new_input(explorer, request, body):
         picture = decode_upload(body)
-        name = request.headers.get("x-filename", "upload")[:80]
+        name = unquote(request.headers.get("x-filename", "upload"))[:80]  # (URI-encoded)
         explorer.set_input(picture, f"uploaded file {name!r}")
         return explorer.state()
 
