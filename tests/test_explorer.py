@@ -149,6 +149,11 @@ def test_classifier_page(served, browser, tmp_path):
     assert got["label"] == "owl"
     close(got["bias_share"], it.bias_share(2)["share"], "bias share")
     assert "owl" in page.page.locator("#class-caption").inner_text()
+    for sign in ("absolute", "positive", "negative", "all"):  # the display options redraw
+        page.page.select_option("#sign", sign)
+    page.page.fill("#clip", "90")
+    page.page.locator("#clip").dispatch_event("change")
+    assert "owl" in page.page.locator("#input-caption").inner_text()
 
     got = page.answer("column", lambda: page.click("#input", 5, 7))
     close(decode(got["column"]), it.columns([(0, 0, 5, 7)])[0], "column at (0, 5, 7)")
@@ -177,8 +182,10 @@ def test_image_to_image_page(served, browser):
     it = interpretation(protos, explorer)
     assert "exact" in page.page.locator("#badge").inner_text()
 
+    page.page.fill("#pixel-channel", "2")
     got = page.answer("row", lambda: page.click("#output", 4, 9))
-    close(decode(got["row"]), it.rows([(0, 0, 4, 9)])[0], "row of output (0, 4, 9)")
+    close(decode(got["row"]), it.rows([(0, 2, 4, 9)])[0], "row of output (2, 4, 9)")
+    page.page.fill("#pixel-channel", "0")
     assert page.page.locator("#zoom-panel").is_visible()
 
     got = page.answer("column", lambda: page.click("#input", 11, 2))

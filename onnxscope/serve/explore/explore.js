@@ -125,7 +125,7 @@ function outline(canvas, box) {
   const context = canvas.getContext("2d");
   const pad = box.h * box.w === 1 ? Math.max(1, Math.round(canvas.width / 60)) : 0;
   context.strokeStyle = "#00c853";
-  context.lineWidth = Math.max(0.3, canvas.width / 320); // about 2 screen pixels
+  context.lineWidth = Math.max(0.3, canvas.width / 160); // about 2-3 screen pixels
   context.strokeRect(box.x - pad, box.y - pad, box.w + 2 * pad, box.h + 2 * pad);
 }
 
@@ -390,6 +390,11 @@ async function upload(file) {
 }
 
 // -- events ------------------------------------------------------------------------------------
+// the channel a click reads: of the output pixel (rows) or of the input pixel (columns)
+function pixelChannel() {
+  return Math.max(0, Math.floor(Number($("pixel-channel").value) || 0));
+}
+
 function wire() {
   const input = $("input");
   let pressed = null;
@@ -402,10 +407,10 @@ function wire() {
     if (h * w > 1) {
       const crop = {y: Math.min(start.y, end.y), x: Math.min(start.x, end.x), h, w};
       guarded(() => showSingular(crop));
-    } else guarded(() => showColumn({c: 0, ...end}));
+    } else guarded(() => showColumn({c: pixelChannel(), ...end}));
   });
   const output = $("output");
-  output.addEventListener("click", (e) => guarded(() => showRow({c: 0, ...pixelOf(output, e)})));
+  output.addEventListener("click", (e) => guarded(() => showRow({c: pixelChannel(), ...pixelOf(output, e)})));
   for (const id of ["sign", "clip", "alpha"]) {
     $(id).addEventListener("change", () => { drawInput(); drawOutput(); redraws.forEach((r) => r()); });
   }
