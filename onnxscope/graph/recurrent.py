@@ -80,6 +80,12 @@ def unroll_recurrent(analyzed: AnalyzedModel) -> AnalyzedModel:
             continue
         out = _Inliner(graph, node, k, used, budget, opset)
         _Unroller(analyzed, node, out).run()
+        budget[0] -= len(out.nodes)
+        if budget[0] < 0:
+            raise ModelError(
+                f"{node.op_type} node '{node.name}' would unroll to more than "
+                f"{MAX_UNROLLED_NODES} nodes; not unrolled."
+            )
         nodes.extend(out.nodes)
     del graph.node[:]
     graph.node.extend(nodes)
@@ -99,7 +105,7 @@ class _Unroller:
         self.layout = _attr(node, "layout", 0)
         direction = _attr(node, "direction", b"forward")
         self.direction = direction.decode() if isinstance(direction, bytes) else direction
-        self.hidden = _attr(node, "hidden_size")
+        self.hidden = _attr(node, "hidden_size") or analyzed.shape(node.input[2])[-1]  # R: [.., H]
         self.clip = _attr(node, "clip")
         self.reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}.get(
             self.direction
