@@ -67,7 +67,7 @@ def _expand(analyzed: AnalyzedModel, decided: dict[int, onnx.NodeProto]) -> onnx
         if k not in decided:
             nodes.append(node)
             continue
-        out = _Inliner(graph, node, k, used, budget, default_opset(model))
+        out = Inliner(graph, node, k, used, budget, default_opset(model))
         EXPANSIONS[node.op_type](analyzed, node, out)
         nodes.extend(out.nodes)
     del graph.node[:]
@@ -75,7 +75,7 @@ def _expand(analyzed: AnalyzedModel, decided: dict[int, onnx.NodeProto]) -> onnx
     return model
 
 
-class _Inliner:
+class Inliner:
     """The nodes that replace one control-flow node: copies of its subgraphs, each under its own
     prefix, and the glue between them (constants, slices, stacking)."""
 
@@ -157,7 +157,7 @@ def _subgraph(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
     raise ModelError(f"{node.op_type} node '{node.name}' has no {name}.")
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
+def node_attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -167,14 +167,14 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 # -- the expansions ----------------------------------------------------------------------------
 
 
-def _expand_if(analyzed: AnalyzedModel, node: onnx.NodeProto, out: _Inliner) -> None:
+def _expand_if(analyzed: AnalyzedModel, node: onnx.NodeProto, out: Inliner) -> None:
     """The branch the static condition takes."""
     condition = bool(analyzed.static_value(node.input[0]).reshape(-1)[0])
     branch = _subgraph(node, "then_branch" if condition else "else_branch")
     out.bind(list(node.output), out.body(branch, {}, "branch"))
 
 
-def _expand_loop(analyzed: AnalyzedModel, node: onnx.NodeProto, out: _Inliner) -> None:
+def _expand_loop(analyzed: AnalyzedModel, node: onnx.NodeProto, out: Inliner) -> None:
     """for i in range(M) while cond: cond, v = body(i, cond, v), scan outputs stacked on axis 0."""
     body = _subgraph(node, "body")
     carried = len(node.input) - 2
@@ -256,20 +256,20 @@ def _constant_in_body(analyzed, body: onnx.GraphProto, name: str) -> np.ndarray 
     return None
 
 
-def _expand_scan(analyzed: AnalyzedModel, node: onnx.NodeProto, out: _Inliner) -> None:
+def _expand_scan(analyzed: AnalyzedModel, node: onnx.NodeProto, out: Inliner) -> None:
     """Scan (opset ≥ 9): for t along the scan axis, states, y_t = body(states, x_t); the scan
     outputs stacked along their axes, in their directions."""
     if analyzed.opset < 9:
         raise ModelError(f"Scan node '{node.name}' of opset 8 (with a batch axis) is not expanded.")
     body = _subgraph(node, "body")
-    n_scan_in = _attr(node, "num_scan_inputs")
+    n_scan_in = node_attr(node, "num_scan_inputs")
     n_states = len(node.input) - n_scan_in
     scan_inputs = list(node.input[n_states:])
-    in_axes = list(_attr(node, "scan_input_axes", [0] * n_scan_in))
-    in_reverse = list(_attr(node, "scan_input_directions", [0] * n_scan_in))
+    in_axes = list(node_attr(node, "scan_input_axes", [0] * n_scan_in))
+    in_reverse = list(node_attr(node, "scan_input_directions", [0] * n_scan_in))
     n_scan_out = len(body.output) - n_states
-    out_axes = list(_attr(node, "scan_output_axes", [0] * n_scan_out))
-    out_reverse = list(_attr(node, "scan_output_directions", [0] * n_scan_out))
+    out_axes = list(node_attr(node, "scan_output_axes", [0] * n_scan_out))
+    out_reverse = list(node_attr(node, "scan_output_directions", [0] * n_scan_out))
     lengths = set()
     for name, axis in zip(scan_inputs, in_axes):
         shape = analyzed.shape(name)
@@ -328,25 +328,25 @@ def _rename_reads(attr: onnx.AttributeProto, rename: dict[str, str]) -> None:
     attr.CopyFrom(holder.attribute[0])
 
 
-def _check_equal(before: AnalyzedModel, after: AnalyzedModel, folded) -> None:
-    """The folded model computes the same outputs, bit for bit, at the analysis inputs."""
-    import numpy as np
-
+def outputs_at_analysis_inputs(analyzed: AnalyzedModel) -> list[np.ndarray]:
+    """The model's outputs at its analysis inputs, from ONNX Runtime without graph optimizations
+    (the model's own arithmetic): what every expansion before analysis is checked against."""
     from ..runtime.sessions import ort, session_options
 
-    feeds = before.analysis_feeds()
-    runs = []
-    for analyzed in (before, after):
-        options = lambda: session_options(optimize=False)  # noqa: E731
-        model = analyzed._at_input_shapes()  # (no outputs: the model's own, untyped)
-        model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in analyzed.outputs)
-        session = analyzed.weights.session(
-            model,
-            options,
-            ["CPUExecutionProvider"],
-            make=ort.InferenceSession,
-        )
-        runs.append(session.run(analyzed.outputs, feeds))
+    model = analyzed._at_input_shapes()  # (no outputs: the model's own, untyped)
+    model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in analyzed.outputs)
+    session = analyzed.weights.session(
+        model,
+        lambda: session_options(optimize=False),
+        ["CPUExecutionProvider"],
+        make=ort.InferenceSession,
+    )
+    return session.run(analyzed.outputs, analyzed.analysis_feeds())
+
+
+def _check_equal(before: AnalyzedModel, after: AnalyzedModel, folded) -> None:
+    """The expanded model computes the same outputs, bit for bit, at the analysis inputs."""
+    runs = (outputs_at_analysis_inputs(before), outputs_at_analysis_inputs(after))
     for name, a, b in zip(before.outputs, *runs):
         if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
             names = ", ".join(f"'{n.name}'" for n in folded)

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
-from .controlflow import MAX_UNROLLED_NODES, _attr, _Inliner
+from .controlflow import MAX_UNROLLED_NODES, Inliner, node_attr, outputs_at_analysis_inputs
 from .model import AnalyzedModel, default_opset, graph_names
 
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
@@ -78,7 +78,7 @@ def unroll_recurrent(analyzed: AnalyzedModel) -> AnalyzedModel:
         if k not in found:
             nodes.append(node)
             continue
-        out = _Inliner(graph, node, k, used, budget, opset)
+        out = Inliner(graph, node, k, used, budget, opset)
         _Unroller(analyzed, node, out).run()
         budget[0] -= len(out.nodes)
         if budget[0] < 0:
@@ -97,16 +97,17 @@ def unroll_recurrent(analyzed: AnalyzedModel) -> AnalyzedModel:
 class _Unroller:
     """The nodes that compute one recurrent node's outputs, step by step."""
 
-    def __init__(self, analyzed: AnalyzedModel, node: onnx.NodeProto, out: _Inliner):
+    def __init__(self, analyzed: AnalyzedModel, node: onnx.NodeProto, out: Inliner):
         self.a, self.node, self.out = analyzed, node, out
         self.op = node.op_type
         self.where = f"{self.op} node '{node.name}'"
         self.dtype = analyzed.dtype(node.input[0])
-        self.layout = _attr(node, "layout", 0)
-        direction = _attr(node, "direction", b"forward")
+        self.layout = node_attr(node, "layout", 0)
+        direction = node_attr(node, "direction", b"forward")
         self.direction = direction.decode() if isinstance(direction, bytes) else direction
-        self.hidden = _attr(node, "hidden_size") or analyzed.shape(node.input[2])[-1]  # R: [.., H]
-        self.clip = _attr(node, "clip")
+        # R: [directions, gates·H, H]
+        self.hidden = node_attr(node, "hidden_size") or analyzed.shape(node.input[2])[-1]
+        self.clip = node_attr(node, "clip")
         self.reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}.get(
             self.direction
         )
@@ -133,9 +134,8 @@ class _Unroller:
         """(name, parameters) of each activation, for each direction in turn; the alphas and
         betas are consumed in order by the activations that take them (as ONNX Runtime reads
         the attributes), defaults where the lists end."""
-        names = [
-            n.decode() if isinstance(n, bytes) else n for n in _attr(self.node, "activations", [])
-        ]
+        given = node_attr(self.node, "activations", [])
+        names = [n.decode() if isinstance(n, bytes) else n for n in given]
         per_direction = len(DEFAULT_ACTIVATIONS[self.op])
         if not names:
             names = DEFAULT_ACTIVATIONS[self.op] * len(self.reverse)
@@ -144,8 +144,8 @@ class _Unroller:
                 f"{self.where}: {len(names)} activations given; {per_direction} per direction "
                 f"are needed."
             )
-        alphas = list(_attr(self.node, "activation_alpha", []))
-        betas = list(_attr(self.node, "activation_beta", []))
+        alphas = list(node_attr(self.node, "activation_alpha", []))
+        betas = list(node_attr(self.node, "activation_beta", []))
         found = []
         for name in names:
             canonical = {k.lower(): k for k in ACTIVATIONS}.get(name.lower())
@@ -287,7 +287,7 @@ class _Unroller:
 
     @property
     def lbr(self) -> bool:
-        return bool(_attr(self.node, "linear_before_reset", 0))
+        return bool(node_attr(self.node, "linear_before_reset", 0))
 
     def recur(self, h: str, p: _Parameters, g: str) -> str:
         return self.out.op("MatMul", [h, p.r[g]])
@@ -317,7 +317,7 @@ class _Unroller:
             return [out.op("Mul", [state, p.p[j]])]
 
         i = self.activate(self.add(x["i"], self.recur(h, p, "i"), *peep(0, c)), f)
-        if _attr(self.node, "input_forget", 0):
+        if node_attr(self.node, "input_forget", 0):
             forget = out.op("Sub", [self.const(1.0, "one"), i])
         else:
             forget = self.activate(self.add(x["f"], self.recur(h, p, "f"), *peep(2, c)), f)
@@ -353,24 +353,10 @@ class _Parameters:
         self.w, self.r, self.wb, self.rb, self.p, self.act = w, r, wb, rb, p, act
 
 
-def _outputs_at_analysis_inputs(analyzed: AnalyzedModel) -> list[np.ndarray]:
-    from ..runtime.sessions import ort, session_options
-
-    model = analyzed._at_input_shapes()
-    model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in analyzed.outputs)
-    session = analyzed.weights.session(
-        model,
-        lambda: session_options(optimize=False),
-        ["CPUExecutionProvider"],
-        make=ort.InferenceSession,
-    )
-    return session.run(analyzed.outputs, analyzed.analysis_feeds())
-
-
 def _check_close(before: AnalyzedModel, after: AnalyzedModel, unrolled) -> None:
     """The unrolled model computes the same outputs to float rounding at the analysis inputs."""
     for name, a, b in zip(
-        before.outputs, _outputs_at_analysis_inputs(before), _outputs_at_analysis_inputs(after)
+        before.outputs, outputs_at_analysis_inputs(before), outputs_at_analysis_inputs(after)
     ):
         a, b = np.asarray(a), np.asarray(b)
         scale = float(np.max(np.abs(a))) if a.size and np.issubdtype(a.dtype, np.floating) else 0
