@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
 from onnxscope.converters.pytorch import export
 from zoo import tm
 
+import onnxscope
 from onnxscope.errors import UnsupportedModelError
 from onnxscope.runtime.sessions import session_options
 
@@ -133,6 +134,37 @@ def test_qoperator_format_is_refused(float_resnet):
     first_q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
     assert f"node '{first_q.name}' (QuantizeLinear)" in message
     assert "(QLinearConv)" in message and "QuantFormat.QDQ" in message
+    # every integer-domain node is named with the same advice, com.microsoft's ones included
+    for op in ("QLinearConv", "QLinearAdd", "QGemm"):
+        node = next(n for n in model.graph.node if n.op_type == op)
+        assert f"node '{node.name}' ({op}): an integer-domain op" in message
+
+
+def test_tangent_mode_refuses_the_pairs(float_resnet):
+    model = quantized(float_resnet)
+    scope = onnxscope.LinearScope(model, mode="tangent")
+    with pytest.raises(UnsupportedModelError, match="piecewise constant, its Jacobian is 0"):
+        scope.interpret(seeded_input())
+
+
+def test_contrib_quantize_dequantize_is_refused():
+    model = make_model(
+        [
+            onnx.helper.make_node(
+                "QuantizeLinear", ["x", "s", "zp"], ["q"], name="q", domain="com.microsoft"
+            ),
+            onnx.helper.make_node(
+                "DequantizeLinear", ["q", "s", "zp"], ["y"], name="y", domain="com.microsoft"
+            ),
+        ],
+        inputs={"x": (1, 4)},
+        outputs=[("y", (1, 4))],
+        inits={"s": np.float32(0.1), "zp": np.int8(0)},
+        domains={"com.microsoft": 1},
+    )
+    with pytest.raises(UnsupportedModelError) as err:
+        check_model(model, {"x": np.ones((1, 4), np.float32)})
+    assert "node 'q' (QuantizeLinear): com.microsoft's QuantizeLinear has no rule" in str(err.value)
 
 
 def _scale_zp(kind: str):

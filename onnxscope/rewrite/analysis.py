@@ -19,6 +19,7 @@ from ..graph.model import AnalyzedModel, graph_inputs, input_spec, subgraph_read
 from ..graph.ops import CONTROL_FLOW_OPS
 from .registry import rule_for
 from .rules.kinds import Plan
+from .rules.quantized import no_rule_reason
 
 # secant: units frozen by their secant through f(0) and one operand of each product frozen (the
 # paper's interpreter); tangent: every smooth node by its tangent plane at x (A_x = the Jacobian)
@@ -71,7 +72,7 @@ class Analysis:
                         "flow the input shapes decide is expanded"
                     )
                 if rule is None:
-                    raise Unsupported("no linearization rule for this op")
+                    raise Unsupported(no_rule_reason(node))
                 plan = rule.plan(node, flags, model)
                 if mode == "tangent":
                     plan = rule.tangent_plan(node, flags, model, plan)

@@ -31,6 +31,38 @@ EXPORT_QDQ = (
 )
 
 
+# ops that compute on quantized integers (ONNX's and ONNX Runtime's contrib ops besides QLinear*)
+INTEGER_DOMAIN = {
+    "": {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"},
+    "com.microsoft": {
+        "QGemm",
+        "QAttention",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeLSTM",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    },
+}
+
+
+def no_rule_reason(node) -> str:
+    """Why a node without a rule is refused: integer-domain ops get the advice to export QDQ."""
+    domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
+    named = node.op_type in INTEGER_DOMAIN.get(domain, ())
+    if domain == "com.microsoft" and (named or node.op_type.startswith("QLinear")):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            return (
+                f"com.microsoft's {node.op_type} has no rule: write the QDQ pairs with ONNX's own "
+                "QuantizeLinear/DequantizeLinear (opset 21 or later for 16-bit and 4-bit types; "
+                "quantize_static without extra_options UseQDQContribOps)"
+            )
+        return f"an integer-domain op (com.microsoft's {node.op_type}); {EXPORT_QDQ}"
+    if named:
+        return f"an integer-domain op ({node.op_type} computes on quantized integers); {EXPORT_QDQ}"
+    return "no linearization rule for this op"
+
+
 def _is_dequantize(node) -> bool:
     return node.op_type == "DequantizeLinear" and node.domain in DEFAULT_DOMAINS
 
@@ -86,6 +118,12 @@ class QuantizeDequantize(Rule):
         dq = dequantize_of(node, model)
         frozen = f"secant gain of the quantize-dequantize pair with '{dq.output[0]}' (float)"
         return Plan((0,), (0,), frozen)
+
+    def tangent_plan(self, node, lin, model, plan) -> Plan:
+        raise Unsupported(
+            "tangent mode: a quantize-dequantize pair is piecewise constant, its Jacobian is 0 "
+            "wherever it exists; the secant mode (the default) interprets it"
+        )
 
     def masks(self, node, m) -> None:
         u, d = node.input[0], dequantize_of(node, m.model).output[0]
