@@ -115,9 +115,8 @@ class QuantizeDequantize(Rule):
 
     def plan(self, node, lin, model) -> Plan:
         only_input(lin, 0, "the float input")
-        dq = dequantize_of(node, model)
-        frozen = f"secant gain of the quantize-dequantize pair with '{dq.output[0]}' (float)"
-        return Plan((0,), (0,), frozen)
+        dequantize_of(node, model)  # (or a refusal)
+        return Plan((0,), (0,), "secant gain qdq(u)/u of the quantize-dequantize pair (float)")
 
     def tangent_plan(self, node, lin, model, plan) -> Plan:
         raise Unsupported(
