@@ -115,7 +115,13 @@ class QuantizeDequantize(Rule):
 
     def plan(self, node, lin, model) -> Plan:
         only_input(lin, 0, "the float input")
-        dequantize_of(node, model)  # (or a refusal)
+        dq = dequantize_of(node, model)
+        if model.dtype(node.input[0]) != model.dtype(dq.output[0]):
+            raise Unsupported(
+                f"the pair quantizes {model.dtype(node.input[0])} and dequantizes to "
+                f"{model.dtype(dq.output[0])}: only pairs that return their input's type are "
+                "interpreted"
+            )
         return Plan((0,), (0,), "secant gain qdq(u)/u of the quantize-dequantize pair (float)")
 
     def tangent_plan(self, node, lin, model, plan) -> Plan:
