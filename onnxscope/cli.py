@@ -254,13 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("votes", help="write pixel-wise votes x ⊙ A_x^T e_k of classes")
     common(sp)
     inputs(sp)
-    sp.add_argument(
-        "--class",
-        dest="classes",
-        type=_target_arg,
-        action="append",
-        metavar="K|LABEL|top",
-        help="class to explain: its index in one sample's output, a label (--labels), or 'top' "
+    _add_class_option(
+        sp,
+        "class to explain: its index in one sample's output, a label (--labels), or 'top' "
         "(each sample's largest; the default); repeat for several",
     )
     output_file(sp, "the vote maps, [classes, *input]")
@@ -325,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_class_option(sp, help: str) -> None:
+    sp.add_argument(
+        "--class",
+        dest="classes",
+        type=_target_arg,
+        action="append",
+        metavar="K|LABEL|top",
+        help=help,
+    )
+
+
 def _add_diff_arguments(sp) -> None:
     sp.add_argument("first", metavar="A", help="the first input: an image, or a .npy/.npz")
     sp.add_argument(
@@ -342,14 +349,10 @@ def _add_diff_arguments(sp) -> None:
         default=0,
         help="also compare the decisions at N + 1 evenly spaced points from A to B (0: off)",
     )
-    sp.add_argument(
-        "--class",
-        dest="classes",
-        type=_target_arg,
-        action="append",
-        metavar="K|LABEL|top",
-        help="class whose output, Σ votes and bias are compared (default: the top class at A "
-        "and at B); repeat for several",
+    _add_class_option(
+        sp,
+        "class whose output, Σ votes and bias are compared (default: the top class at A and at "
+        "B); repeat for several",
     )
     sp.add_argument(
         "--probes", type=positive_int, default=8, help="random probes of the ‖A_B − A_A‖ estimate"
