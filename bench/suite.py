@@ -206,7 +206,9 @@ def bench_net(name: str, args, device: str) -> dict:
         "output": list(out_shape),
         "setup_s": setup_s,
         "auto_probe_batch": auto_batch,
-        "exactness": errors,
+        "exactness": {
+            k: float(errors[k]) for k in ("reconstruction", "linearity", "adjoint") if k in errors
+        },
         "agreement_with_torch": agreement,
         "median_s": t,
         "best_s": best,
