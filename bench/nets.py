@@ -41,6 +41,16 @@ class ResNet18(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
+def inverted_residuals(layout, cin: int) -> list[nn.Module]:
+    """MobileNetV3's blocks from a layout of (kernel, hidden, out, se, hardswish, stride)."""
+    blocks = []
+    for k, hidden, cout, se, hs, stride in layout:
+        act = nn.Hardswish if hs else nn.ReLU
+        blocks.append(InvertedResidual(cin, hidden, cout, k, stride, se=se, act=act))
+        cin = cout
+    return blocks
+
+
 class MobileNetV3Small(nn.Module):
     """MobileNetV3-Small's layout (Howard et al. 2019, table 2): 3x3 stem, eleven inverted
     residual blocks (kernel, expansion, width, SE, activation, stride), 576-channel head."""
@@ -66,11 +76,8 @@ class MobileNetV3Small(nn.Module):
             nn.BatchNorm2d(16),
             nn.Hardswish(),
         ]
-        cin = 16
-        for k, hidden, cout, se, hs, stride in self.LAYOUT:
-            act = nn.Hardswish if hs else nn.ReLU
-            layers.append(InvertedResidual(cin, hidden, cout, k, stride, se=se, act=act))
-            cin = cout
+        layers += inverted_residuals(self.LAYOUT, 16)
+        cin = self.LAYOUT[-1][2]
         layers += [nn.Conv2d(cin, 576, 1, bias=False), nn.BatchNorm2d(576), nn.Hardswish()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Linear(1024, classes))
@@ -110,11 +117,8 @@ class MobileNetV3LRASPP(nn.Module):
         layers: list[nn.Module] = [
             nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
         ]
-        cin = 16
-        for k, hidden, cout, se, hs, stride in self.LAYOUT:
-            act = nn.Hardswish if hs else nn.ReLU
-            layers.append(InvertedResidual(cin, hidden, cout, k, stride, se=se, act=act))
-            cin = cout
+        layers += inverted_residuals(self.LAYOUT, 16)
+        cin = self.LAYOUT[-1][2]
         layers.append(nn.Sequential(nn.Conv2d(cin, 960, 1, bias=False), nn.BatchNorm2d(960),
                                     nn.Hardswish()))  # fmt: skip
         self.low = nn.Sequential(*layers[: self.SKIP + 1])
