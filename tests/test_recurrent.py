@@ -7,7 +7,8 @@
 - every attribute of the ONNX specs on models written with onnx.helper: activations with their
   alpha/beta, clip, linear_before_reset, input_forget, peepholes, static sequence_lens, layout 1
   is left to the node tests (ONNX Runtime cannot run it, so it is refused in its words);
-- a CRNN text recogniser (conv stack, 2 BiLSTM, CTC head) verifies at 1e-5;
+- a CRNN text recogniser (tests/zoo.py's, at a real size: conv stack, 2 BiLSTM, CTC head)
+  verifies at 1e-5;
 - refusals: an input-dependent sequence_lens, an activation no rule covers.
 The ONNX node tests of these ops run in test_conformance.py (conformance_util counts recurrent
 ops as expanded before analysis); here it is checked that they are collected there.
@@ -28,6 +29,11 @@ from onnxscope.graph.recurrent import RECURRENT_OPS
 
 torch = pytest.importorskip("torch")
 from onnxscope.converters.pytorch import export  # noqa: E402
+
+try:  # tests/ as a package, or (pytest's default rootdir-less import) as a plain directory
+    from . import zoo  # noqa: E402
+except ImportError:
+    import zoo  # noqa: E402
 
 SEQ, BATCH, FEATURES, HIDDEN = 5, 2, 4, 6
 
@@ -370,40 +376,12 @@ def test_sequence_lens_mask_steps_and_hold_states():
 
 # -- a CRNN text recogniser ------------------------------------------------------------------------
 
-CLASSES = 37
-
-
-class CRNN(torch.nn.Module):
-    """Conv stack on a 1×32×128 text line → 32 columns of 256 features → 2 BiLSTM (hidden 128)
-    → linear CTC head, log-softmax over 37 classes (blank + 26 letters + 10 digits)."""
-
-    def __init__(self):
-        super().__init__()
-
-        def block(cin, cout, pool):
-            return [
-                torch.nn.Conv2d(cin, cout, 3, padding=1),
-                torch.nn.BatchNorm2d(cout),
-                torch.nn.ReLU(),
-                torch.nn.MaxPool2d(pool),
-            ]
-
-        self.convs = torch.nn.Sequential(
-            *block(1, 32, 2), *block(32, 64, 2), *block(64, 128, (2, 1)), *block(128, 256, (4, 1))
-        )
-        self.lstm = torch.nn.LSTM(256, 128, num_layers=2, bidirectional=True)
-        self.head = torch.nn.Linear(256, CLASSES)
-
-    def forward(self, x):
-        f = self.convs(x)  # [batch, 256, 1, 32]
-        seq = f.squeeze(2).permute(2, 0, 1)  # [32, batch, 256]
-        y, _ = self.lstm(seq)
-        return torch.log_softmax(self.head(y), -1)  # [32, batch, 37]
-
 
 def test_crnn_verifies(tmp_path):
+    """The zoo's CRNN (tests/zoo.py) at a real size: conv widths 32-256 on a 1×32×128 text line
+    → 32 columns of 256 features → 2 BiLSTM of hidden size 128 → 37 classes."""
     torch.manual_seed(5)
-    module = CRNN().eval()
+    module = zoo.CRNN(widths=(32, 64, 128, 256), hidden=128).eval()
     x = torch.rand(1, 1, 32, 128)
     model = exported(tmp_path, module, x, "legacy")
     assert sum(n.op_type == "LSTM" for n in model.graph.node) == 2

@@ -5,12 +5,17 @@ or 18): verify()'s reconstruction, linearity and adjoint errors are ≤ 1e-5 in 
 graph's outputs equal torch's forward and a plain ONNX Runtime run of the exported file; and the
 export contains the ONNX ops the architecture is there to cover. For the piecewise-linear ones
 (ReLU, ReLU6 = Clip, LeakyReLU, relu(x) − α·relu(−x), MaxPool, and affine layers only) A_x z
-equals torch.func.jvp and A_x^T w equals torch.func.vjp at x. For every architecture but the two
+equals torch.func.jvp and A_x^T w equals torch.func.vjp at x. For every architecture but the
 ViTs (attention multiplies two input-dependent tensors, and which one is frozen is onnxscope's
-choice), A_x z, c_x and A_x^T w equal an independent torch reference of the frozen network in
-float64 (zoo.reference_interpreter: torch_models', extended to Clip, Hardsigmoid, ELU,
+choice) and the CRNN (its LSTM gates are checked against torch's frozen network in
+test_recurrent.py), A_x z, c_x and A_x^T w equal an independent torch reference of the frozen
+network in float64 (zoo.reference_interpreter: torch_models', extended to Clip, Hardsigmoid, ELU,
 SELU, Softplus, Mish, GELU-tanh, Softmax, LogSoftmax and GroupNorm); the adjoint identity holds
 over a grid of probes and cotangents for all.
+
+vit_dynamic is exported with the batch, height and width of x free (dynamic axes): onnxscope fixes
+them at the seeded input, folding the shape arithmetic and the legacy export's If. The CRNN's
+bidirectional LSTMs are unrolled before analysis.
 
 FFDNet has a second input, its noise-level map: onnxscope interprets the model with respect to the
 image x and holds the map fixed (it goes into c_x and into the frozen decisions).
@@ -31,6 +36,7 @@ ort = pytest.importorskip("onnxruntime")
 from helpers import check_readings  # noqa: E402
 
 import onnxscope  # noqa: E402
+from onnxscope.graph.recurrent import RECURRENT_OPS  # noqa: E402
 
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
@@ -54,6 +60,9 @@ CASES = [
 ]
 PIECEWISE = [n for n, a in zoo.ARCHITECTURES.items() if a.piecewise]
 REFERENCE = [n for n, a in zoo.ARCHITECTURES.items() if a.reference]
+# exported with free axes of x, or holding recurrent ops: expanded before analysis
+DYNAMIC = [n for n, a in zoo.ARCHITECTURES.items() if a.dynamic]
+RECURRENT = [n for n, a in zoo.ARCHITECTURES.items() if a.ops & RECURRENT_OPS]
 
 # Known onnxscope bugs, as (test or "*", architecture, exporter) -> reason. Those tests stay real
 # checks (strict xfail: they fail the run once the bug is fixed, so that the mark is removed).
@@ -108,7 +117,7 @@ def model_case(tmp_path_factory):
         if key not in cache:
             module, x, others = zoo.build(name)
             path = tmp_path_factory.mktemp(f"zoo-{name}-{exporter}") / f"{name}.onnx"
-            zoo.export(module, x, others, path, exporter)
+            zoo.export(module, x, others, path, exporter, dynamic=zoo.ARCHITECTURES[name].dynamic)
             cache[key] = Case(name, exporter, module, x, others, str(path))
         return cache[key]
 
@@ -234,6 +243,39 @@ def test_adjoint_identity_over_a_grid(model_case, name, exporter):
     assert worst <= EXACT
 
 
+# -- dynamic axes and recurrent ops: expanded before analysis -------------------------------------
+@pytest.mark.parametrize(("name", "exporter"), cases("dynamic_axes", DYNAMIC))
+def test_dynamic_axes_are_free_and_fixed_at_the_input(model_case, name, exporter):
+    """The axes of x that the architecture names are free in the file (dim_param), and onnxscope
+    fixes them at the seeded input's shape: the shape-dependent ops are folded and the legacy
+    export's `squeeze` at a free token count (Shape -> Gather -> Equal -> If) is replaced by the
+    branch it takes, so that the analysis holds no control flow (verify() is test_verify's)."""
+    import onnx
+
+    case = model_case(name, exporter)
+    model = onnx.load(case.path)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    free = {axis for axis, d in enumerate(dims) if d.dim_param}
+    assert free == {axis for axis, _ in zoo.ARCHITECTURES[name].dynamic}, dims
+    ops = {n.op_type for n in model.graph.node}
+    assert "Shape" in ops
+    if exporter == "legacy":
+        assert "If" in ops, sorted(ops)
+    analyzed = case.it.scope.analyze({"x": tuple(case.x.shape)})
+    assert not {n.op_type for n in analyzed.nodes} & {"If", "Loop", "Scan"}
+    assert case.it.output.shape == case.forward().shape
+
+
+@pytest.mark.parametrize(("name", "exporter"), cases("recurrent", RECURRENT))
+def test_recurrent_ops_are_unrolled(model_case, name, exporter):
+    """Both exporters write the CRNN's bidirectional LSTMs as ONNX LSTM nodes (the ops guard);
+    the analysis holds none: they are unrolled at the static sequence length
+    (onnxscope/graph/recurrent.py) and their gates frozen as any gate is."""
+    case = model_case(name, exporter)
+    analyzed = case.it.scope.analyze({"x": tuple(case.x.shape)})
+    assert not {n.op_type for n in analyzed.nodes} & RECURRENT_OPS
+
+
 # -- FFDNet: interpreted with respect to the image, the noise-level map held fixed --------------
 @pytest.mark.parametrize(("name", "exporter"), cases("ffdnet_sigma", ["ffdnet"]))
 def test_ffdnet_noise_map_is_held_fixed(model_case, name, exporter):
@@ -274,7 +316,10 @@ def test_zoo_covers_the_brief():
         "mixer",
         "logsoftmax_classifier",
         "softmax_classifier",
+        "vit_dynamic",
+        "crnn",
     } <= set(zoo.ARCHITECTURES)
+    assert DYNAMIC and RECURRENT
     classes = {a.ctor for a in zoo.ARCHITECTURES.values()}
     assert not classes & {ctor for ctor, _, _ in tm.ARCHITECTURES.values()}
 

@@ -331,6 +331,60 @@ class TinyViTMHA(TinyViT):
     attention = TorchAttention
 
 
+class ShapeFreeViT(nn.Module):
+    """A ViT for images of any size, meant to be exported with its batch, height and width free:
+    patch embedding conv (4x4/4), a depthwise 3x3 conv on the patch grid as its positional
+    encoding (conditional positional encoding: no table of a fixed token count), the patch grid
+    flattened to tokens (`flatten(2).transpose`, shape-dependent at free dims), a class token
+    expanded to the batch, pre-norm blocks (LayerNorm, multi-head self-attention written with
+    matmuls, GELU MLP), LayerNorm, and the class token read by `t[:, :1].squeeze(1)`: at a free
+    token count the legacy exporter writes that squeeze as Shape -> Gather -> Equal -> If, so
+    that the static control-flow fold and shape folding are exercised."""
+
+    def __init__(self, patch=4, dim=16, heads=2, depth=2, num_classes=10):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.cls = nn.Parameter(0.5 * torch.randn(1, 1, dim))
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, SelfAttention) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        f = self.patch(x)
+        t = (f + self.pos(f)).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1)
+        t = self.norm(self.blocks(t))
+        return self.head(t[:, :1].squeeze(1))
+
+
+# -- recurrent: a CRNN text recogniser ----------------------------------------------------------
+class CRNN(nn.Module):
+    """Shi et al. 2015's CRNN: a conv stack (conv3x3-BN-ReLU-MaxPool, the last two pools halving
+    and quartering the height only) that turns a grey text line [batch, 1, 32, W] into W/4
+    columns of features, 2 bidirectional LSTM layers over the columns, a Linear CTC head and
+    log_softmax over the classes (blank + 26 letters + 10 digits): [W/4, batch, classes].
+    `widths` and `hidden` size it (the zoo's is tiny; tests/test_recurrent.py builds the real
+    one)."""
+
+    def __init__(self, widths=(8, 16, 16, 24), hidden=12, classes=37):
+        super().__init__()
+        pools = (2, 2, (2, 1), (4, 1))
+        layers: list[nn.Module] = []
+        cin = 1
+        for cout, pool in zip(widths, pools):
+            layers += [conv_bn_relu(cin, cout), nn.MaxPool2d(pool)]
+            cin = cout
+        self.convs = nn.Sequential(*layers)
+        self.lstm = nn.LSTM(cin, hidden, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x):
+        seq = self.convs(x).squeeze(2).permute(2, 0, 1)  # [W/4, batch, features]
+        y, _ = self.lstm(seq)
+        return F.log_softmax(self.head(y), -1)
+
+
 # -- super-resolution: ESPCN, EDSR -------------------------------------------------------------
 class ESPCN(nn.Module):
     """Shi et al. 2016: conv5x5-tanh, conv3x3-tanh, conv3x3 to 3·r² channels, pixel shuffle
@@ -683,6 +737,7 @@ class Arch:
     input_scale: float = 1.0  # a wider input, so that saturating units saturate
     reference: bool = True  # the torch reference interpreter below knows every unit
     exporters: tuple[str, ...] = ("legacy", "dynamo")  # those that can export it at all
+    dynamic: tuple[tuple[int, str], ...] = ()  # axes of x exported free, by name (dynamic axes)
 
 
 def _ops(*names: str) -> frozenset[str]:
@@ -767,6 +822,21 @@ ARCHITECTURES: dict[str, Arch] = {
     "mixer": Arch(
         TinyMixer, (1, 3, 32, 32), False, _ops("Transpose", "MatMul", "LayerNormalization", "Erf")
     ),
+    "vit_dynamic": Arch(
+        ShapeFreeViT,
+        (1, 3, 16, 24),
+        False,
+        _ops("Shape", "Softmax", "MatMul", "LayerNormalization", "Erf", "Concat"),
+        reference=False,
+        dynamic=((0, "batch"), (2, "height"), (3, "width")),
+    ),
+    "crnn": Arch(
+        CRNN,
+        (1, 1, 32, 48),
+        False,
+        _ops("LSTM", "MaxPool", "Relu", "LogSoftmax"),
+        reference=False,
+    ),
     "logsoftmax_classifier": Arch(
         SoftmaxClassifier, (1, 3, 32, 32), False, _ops("LogSoftmax", "MaxPool")
     ),
@@ -791,24 +861,33 @@ def build(name: str, seed: int = SEED):
 
 
 def export(
-    module: nn.Module, x: torch.Tensor, others: dict, path, exporter: str, opset: int = 17
+    module: nn.Module,
+    x: torch.Tensor,
+    others: dict,
+    path,
+    exporter: str,
+    opset: int = 17,
+    dynamic: tuple[tuple[int, str], ...] = (),
 ) -> str:
     """Write `module` at these inputs to a single-file ONNX model: inputs named x and then the
-    names of `others`, one output y; `exporter` is "legacy" (dynamo=False) or "dynamo"."""
+    names of `others`, one output y; `exporter` is "legacy" (dynamo=False) or "dynamo".
+    `dynamic`: (axis, name) pairs of x written free (the legacy exporter's dynamic_axes, dynamo's
+    dynamic_shapes); the output's shape is then the exporter's own inference."""
     from onnxscope.converters.pytorch import export as export_one
 
     if exporter not in ("legacy", "dynamo"):
         raise ValueError(f"unknown exporter {exporter!r}")
     dynamo = exporter == "dynamo"
-    if not others:
+    if not others and not dynamic:
         return export_one(module, x, path, opset=opset, dynamo=dynamo)
-    # several inputs: the same choices as onnxscope.converters.pytorch.export
+    # several inputs or free axes: the same choices as onnxscope.converters.pytorch.export
     path = os.fspath(path)
     args = (x, *others.values())
     names = ["x", *others]
     module = module.eval()
     with torch.no_grad():
         if dynamo:
+            free = {axis: torch.export.Dim(name) for axis, name in dynamic} or None
             program = torch.onnx.export(
                 module,
                 args,
@@ -817,6 +896,7 @@ def export(
                 input_names=names,
                 output_names=["y"],
                 external_data=False,
+                dynamic_shapes=(free, *[None] * len(others)) if dynamic else None,
             )
             program.save(path)
         else:
@@ -828,6 +908,7 @@ def export(
                 opset_version=opset,
                 input_names=names,
                 output_names=["y"],
+                dynamic_axes={"x": dict(dynamic)} if dynamic else None,
             )
     return path
 
