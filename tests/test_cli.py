@@ -298,6 +298,21 @@ def test_the_committed_coverage_ledger_is_current():
     assert "Relu " in committed and "no rule" in committed
 
 
+def test_the_ledger_names_what_is_expanded_before_analysis():
+    """The ops expanded before analysis have no rule of their own and a row that says how: the
+    recurrent ops unrolled (graph/recurrent.py), If / Loop / Scan folded or unrolled where the
+    fixed shapes decide them (graph/controlflow.py); not "no rule: refused"."""
+    from onnxscope.graph.recurrent import RECURRENT_OPS
+    from onnxscope.rewrite.registry import CANONICALIZED, RULES, coverage
+
+    assert set(CANONICALIZED) == RECURRENT_OPS | {"If", "Loop", "Scan"}
+    assert not set(CANONICALIZED) & set(RULES)
+    rows = {op: (status, adjoint) for op, status, adjoint in coverage()}
+    for op, how in CANONICALIZED.items():
+        assert rows[op] == (how, "yes"), (op, rows[op])
+    assert "static" in rows["If"][0] and "static" in rows["Loop"][0]
+
+
 def test_a_closed_pipe_is_not_an_error(tmp_path):
     """`onnxscope inspect --ops | true`: the reader is gone before the first line is written
     (as with `| head` on long output); that is no internal error."""

@@ -15,8 +15,15 @@ if TYPE_CHECKING:
 
 
 RULES: dict[str, Rule] = {}  # op type -> the rule instance that serves it
-# ops rewritten before analysis into ops with rules (no rule of their own): op type -> how
-CANONICALIZED = {op: "unrolled (graph/recurrent.py)" for op in ("GRU", "LSTM", "RNN")}
+# ops rewritten before analysis into ops with rules (no rule of their own): op type -> how.
+# Control flow is expanded only where the fixed input shapes decide it (graph/controlflow.py);
+# an If or Loop that the input's values decide is refused, naming the node.
+CANONICALIZED = {
+    **{op: "unrolled (graph/recurrent.py)" for op in ("GRU", "LSTM", "RNN")},
+    "If": "folded into the taken branch when its condition is static",
+    "Loop": "unrolled when its trip count and condition are static",
+    "Scan": "unrolled (graph/controlflow.py)",
+}
 
 
 def register(*op_types: str):
@@ -43,7 +50,7 @@ def coverage() -> list[tuple[str, str, str]]:
     rows = []
     for op in sorted(ops | set(RULES)):
         rule = RULES.get(op)
-        if op in CANONICALIZED:  # (its adjoint: the unrolled ops' adjoints)
+        if op in CANONICALIZED:  # (its adjoint: the unrolled or folded ops' adjoints)
             rows.append((op, CANONICALIZED[op], "yes"))
             continue
         if rule is None:
