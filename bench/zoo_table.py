@@ -52,21 +52,24 @@ tests/zoo.py and samples/architectures/torch_models.py through both torch export
 Keras 3 architectures of tests/keras_zoo.py converted by tf2onnx with an NCHW input (exporter
 `tf2onnx`), or first to a float TFLite flatbuffer by TFLiteConverter (`tflite+tf2onnx`), and
 `*_qdq`: a torch_models architecture quantized by ONNX Runtime's `quantize_static` in the QDQ
-format (per-channel int8 weights, uint8 activations). Errors are onnxscope's `verify()` at the
-case's seeded input; "vs framework" compares the mask graph's output with torch's or Keras' own
-forward (for `*_qdq`, with ONNX Runtime's run of the quantized model).
+format (per-channel int8 weights, uint8 activations). An exporter "(free batch, height, width)"
+wrote those axes of the input free (dynamic axes); onnxscope fixes them at the seeded input.
+Errors are onnxscope's `verify()` at the case's seeded input; "vs framework" compares the mask
+graph's output with torch's or Keras' own forward (for `*_qdq`, with ONNX Runtime's run of the
+quantized model).
 """
 
 
 def cases(include_existing: bool):
-    """(name, source, builder, exporters): builder() -> (module, x, other inputs)."""
+    """(name, source, builder, exporters, dynamic): builder() -> (module, x, other inputs);
+    dynamic: the (axis, name) pairs of x exported free."""
     out = [
-        (name, "zoo", lambda n=name: zoo.build(n), arch.exporters)
+        (name, "zoo", lambda n=name: zoo.build(n), arch.exporters, arch.dynamic)
         for name, arch in zoo.ARCHITECTURES.items()
     ]
     if include_existing:
         out += [
-            (name, "torch_models", lambda n=name: (*tm.build(n), {}), EXPORTERS)
+            (name, "torch_models", lambda n=name: (*tm.build(n), {}), EXPORTERS, ())
             for name in tm.ARCHITECTURES
         ]
     return out
@@ -93,14 +96,14 @@ def new_row() -> dict:
     return {k: "" if k in ("opset", "units", "note") else None for k in keys}
 
 
-def run_case(build, exporter: str, tmp: str, name: str) -> dict:
+def run_case(build, exporter: str, tmp: str, name: str, dynamic=()) -> dict:
     row = new_row()
     module, x, others = build()
     path = os.path.join(tmp, f"{name}-{exporter}.onnx")
     t0 = time.perf_counter()
     try:
         with quiet():
-            zoo.export(module, x, others, path, exporter)
+            zoo.export(module, x, others, path, exporter, dynamic=dynamic)
     except Exception as err:  # noqa: BLE001 - a torch limitation: reported in the table
         row["note"] = "torch cannot export: " + short(err)
         return row
@@ -260,8 +263,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for exporter in args.exporters:
             # an exporter known not to export an architecture is still tried: the row says why
-            for name, source, build, _ in selected:
-                rows.append((name, source, exporter, run_case(build, exporter, tmp, name)))
+            for name, source, build, _, dynamic in selected:
+                row = run_case(build, exporter, tmp, name, dynamic)
+                free = ", ".join(axis_name for _, axis_name in dynamic)
+                label = f"{exporter} (free {free})" if dynamic else exporter
+                rows.append((name, source, label, row))
                 print(f"  {name}-{exporter} done", file=sys.stderr, flush=True)
         for name in qdq_names:
             exporter = "legacy+quantize_static(QDQ)"

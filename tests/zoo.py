@@ -9,7 +9,8 @@ correctness, not size. `build(name)` returns `(module, x, others)`: the module i
 seeded weights (torch_models' `init_weights`: non-trivial BatchNorm statistics and norm
 affine parameters), the seeded float32 input x that onnxscope interprets, and any other model
 input by name (FFDNet's noise-level map), which is held fixed. `export(module, x, others, path,
-exporter)` writes the ONNX model, with the other inputs as further graph inputs;
+exporter, dynamic)` writes the ONNX model, with the other inputs as further graph inputs and the
+axes of x that the architecture's `dynamic` names free (vit_dynamic: batch, height, width);
 `reference_interpreter` / `reference_adjoint` rebuild the frozen network in torch (float64) as an
 independent check.
 """
