@@ -94,6 +94,8 @@ class TwinContext(NodeContext):
         self._imported: dict[str, str] = {}
         self._probe = probe
         self._batch: str | None = None
+        # unfolded tensor [K, N, *rest] -> (the same data as [K*N, *rest], the model's shape)
+        self.folds: dict[str, tuple[str, tuple]] = {}
 
     def has_lin(self, i: int) -> bool:
         """Whether input i's linear part flows through this node (its plan carries it)."""
@@ -176,13 +178,27 @@ class TwinContext(NodeContext):
         pool: `inference_mismatches`), the op's spatial output is sliced to `out_shape`, a no-op
         at run time that makes the two agree.
         """
-        folded = self.b.reshape(x, [-1, *in_shape[1:]], "fold")
+        folded = self.fold(x, in_shape)
         y = self.b.op(op_type, [folded, *rest], op_type.lower(), attrs=self.node.attribute, **attrs)
         if self.node.output[0] in self.model.inference_mismatches:
             self.as_inferred[y] = (self.model.dtype(self.node.output[0]), len(out_shape))
             axes = list(range(2, len(out_shape)))
             y = self.b.slice(y, [0] * len(axes), list(out_shape[2:]), axes)
-        return self.b.reshape(y, [-1, *out_shape], "unfold")
+        return self.unfold(y, out_shape)
+
+    def fold(self, x: str, shape) -> str:
+        """x ([K, *shape]) as [K * shape[0], *shape[1:]]: the probes in the batch axis."""
+        base = self.folds.get(x)
+        if base is not None and tuple(base[1]) == tuple(shape):
+            return base[0]
+        return self.b.reshape(x, [-1, *shape[1:]], "fold")
+
+    def unfold(self, y: str, shape) -> str:
+        """y ([K * shape[0], *shape[1:]]) as [K, *shape]; remembered, so that folding the
+        result again is y itself (no Reshape pair between two batched ops)."""
+        out = self.b.reshape(y, [-1, *shape], "unfold")
+        self.folds[out] = (y, tuple(shape))
+        return out
 
 
 class LinearContext(TwinContext):

@@ -33,7 +33,7 @@ from .artifacts import (
     value_type,
 )
 from .contexts import AdjointContext, LinearContext, MaskContext
-from .peephole import fold_frozen_factors
+from .peephole import fold_frozen_factors, sink_folds
 from .registry import rule_for
 
 
@@ -275,6 +275,8 @@ class Rewrite:
         nodes = b.nodes
         if not affine:
             nodes = fold_frozen_factors(nodes, [probe], m.outputs, b.fresh)
+            keep = [o.name for o in outputs]
+            nodes = sink_folds(nodes, c.folds, self._frozen_shapes(c, b), b, [probe], keep)
         graph = helper.make_graph(
             nodes, "bias" if affine else "linear", inputs, outputs, list(b.initializers.values())
         )
@@ -304,8 +306,10 @@ class Rewrite:
         out = b.op("Identity", [result], outputs=[self.wrt])
         inputs = [value_info(p, m.dtype(o), ["K", *m.shape(o)]) for o, p in probes.items()]
         inputs += [walk.graph_input(name, source) for name, source in a.imports.items()]
+        nodes = fold_frozen_factors(b.nodes, probes.values(), [out], b.fresh)
+        nodes = sink_folds(nodes, a.folds, self._frozen_shapes(a, b), b, probes.values(), [out])
         graph = helper.make_graph(
-            fold_frozen_factors(b.nodes, probes.values(), [out], b.fresh),
+            nodes,
             "adjoint",
             inputs,
             [value_info(out, x_dtype, ["K", *x_shape])],
@@ -313,6 +317,12 @@ class Rewrite:
         )
         model = model_like(m.model, graph, "adjoint", min_opset=b.opset)
         return model, dict(a.imports), probes
+
+    def _frozen_shapes(self, c, b: GraphBuilder) -> dict[str, tuple]:
+        """The shape of each frozen tensor a twin starts from: its mask inputs and constants."""
+        shapes = {name: tuple(self.walk.mask_type(source)[1]) for name, source in c.imports.items()}
+        shapes.update({name: tuple(t.dims) for name, t in b.initializers.items()})
+        return shapes
 
     def _measure_mask_types(self) -> dict[str, tuple[np.dtype, list]]:
         """dtype and shape of every tensor the mask rules made, from one ONNX Runtime run of the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import onnx
+import onnx.numpy_helper
 from onnx import helper
 
 
@@ -51,3 +52,128 @@ def _split(node: onnx.NodeProto | None, dependent: set[str]) -> tuple[str, str] 
     if (first in dependent) == (second in dependent):
         return None
     return (first, second) if first in dependent else (second, first)
+
+
+# elementwise ops (every input broadcast to the output) that a fold can be moved through
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Sum", "Where", "Neg", "Cast", "Identity"}
+
+
+def sink_folds(
+    nodes: list[onnx.NodeProto],
+    folds: dict[str, tuple[str, tuple]],
+    shapes: dict[str, tuple],
+    b,
+    probes: Iterable[str],
+    keep: Iterable[str],
+) -> list[onnx.NodeProto]:
+    """Elementwise ops between two batched ops run on the probes folded into the batch axis.
+
+    A batched op (Conv, pooling) sees its K probes as [K * N, ...] and the twin keeps them as
+    [K, N, ...]: a Reshape after the op (`folds`: the unfolded name -> (the folded tensor, the
+    model's shape)) and one before the next. An elementwise op in between (a unit's gain, a
+    residual Add) whose probe inputs are all unfolded the same way, and whose frozen inputs
+    broadcast alike against [K * N, ...] (`shapes`: every frozen tensor's shape known so far),
+    is applied to the folded tensors instead, and a fold of its result is the folded result
+    itself: ONNX Runtime then keeps the chain in its blocked layout (a Reshape leaves it).
+    """
+    dependent = set(probes)
+    for node in nodes:
+        if any(i in dependent for i in node.input):
+            dependent.update(node.output)
+    keep, shapes, views = set(keep), dict(shapes), dict(folds)
+    const = _IntConstants(b.initializers)
+    alias: dict[str, str] = {}
+    out: list[onnx.NodeProto] = []
+    for node in nodes:
+        for k, name in enumerate(node.input):
+            node.input[k] = alias.get(name, name)
+        folded = _folded(node, views, const)
+        if folded is not None:
+            if node.output[0] in keep:
+                out.append(helper.make_node("Identity", [folded], [node.output[0]]))
+            else:
+                alias[node.output[0]] = folded
+            continue
+        sunk = _sink(node, views, shapes, dependent, b)
+        if sunk is not None:
+            out += sunk
+            continue
+        if node.op_type in ELEMENTWISE and not any(i in dependent for i in node.input):
+            known = [shapes.get(i) for i in node.input if i]
+            if known and all(s is not None for s in known):  # (a frozen product, a Cast gain)
+                shapes[node.output[0]] = _broadcast(known)
+        out.append(node)
+    return _live(out, keep)
+
+
+class _IntConstants:
+    """The values of a builder's int64 initializers (Reshape shapes), read when asked."""
+
+    def __init__(self, initializers: dict[str, onnx.TensorProto]):
+        self.initializers = initializers
+
+    def get(self, name: str) -> list[int] | None:
+        t = self.initializers.get(name)
+        if t is None or t.data_type != onnx.TensorProto.INT64 or len(t.dims) != 1:
+            return None
+        return [int(v) for v in onnx.numpy_helper.to_array(t)]
+
+
+def _folded(node, views, const) -> str | None:
+    """The folded tensor where `node` folds an unfolded view back (Reshape to [-1, *s[1:]])."""
+    if node.op_type != "Reshape" or node.input[0] not in views:
+        return None
+    base, shape = views[node.input[0]]
+    return base if const.get(node.input[1]) == [-1, *shape[1:]] else None
+
+
+def _sink(node, views, shapes, dependent, b) -> list[onnx.NodeProto] | None:
+    if node.op_type not in ELEMENTWISE or node.domain not in ("", "ai.onnx"):
+        return None
+    lin = [i for i in node.input if i in dependent]
+    if not lin or not all(i in views for i in lin):
+        return None
+    shape = views[lin[0]][1]
+    if any(views[i][1] != shape for i in lin):
+        return None
+    for name in node.input:
+        if name and name not in dependent and not _broadcasts_folded(shapes.get(name), shape):
+            return None
+    result = b.fresh(f"{node.output[0]}/folded")
+    inner = onnx.NodeProto()
+    inner.CopyFrom(node)
+    for k, name in enumerate(inner.input):
+        if name in views:
+            inner.input[k] = views[name][0]
+    inner.output[0] = result
+    dependent.add(result)
+    views[node.output[0]] = (result, shape)
+    unfold = helper.make_node("Reshape", [result, b.ints([-1, *shape])], [node.output[0]])
+    return [inner, unfold]
+
+
+def _broadcasts_folded(m: tuple | None, shape: tuple) -> bool:
+    """Whether a frozen operand of shape m broadcasts against [K * N, *rest] as it does against
+    [K, N, *rest] (shape = [N, *rest]) without enlarging the result: right-aligned, each of its
+    dims is 1 or the model's; one aligned with N must be 1."""
+    if m is None or len(m) > len(shape):
+        return False
+    if any(d not in (1, s) for d, s in zip(reversed(m), reversed(shape))):
+        return False
+    return len(m) < len(shape) or m[0] == 1
+
+
+def _broadcast(shapes: list[tuple]) -> tuple:
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    return tuple(max(dims) for dims in zip(*padded))
+
+
+def _live(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:
+    """The nodes that some kept name depends on, in their order."""
+    needed, out = set(keep), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            needed.update(i for i in node.input if i)
+            out.append(node)
+    return out[::-1]

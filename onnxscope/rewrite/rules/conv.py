@@ -71,7 +71,7 @@ class Conv(Rule):
         spatial, group = len(x_shape) - 2, attr(node, "group", 1)
         kernel = list(w_shape[2:])
         weights = a.value(1)
-        folded = a.b.reshape(a.grad(), [-1, *y_shape[1:]], "fold")
+        folded = a.fold(a.grad(), y_shape)
         grad_spatial = list(y_shape[2:])
         depthwise = group > 1 and group == x_shape[1] and w_shape[0] == group
         if not transposed and depthwise and any(s > 1 for s in strides):
@@ -113,7 +113,7 @@ class Conv(Rule):
             folded = a.b.op("Pad", [folded, a.b.ints(crop, "crop")], "crop")
             geometry["pads"] = [max(p, 0) for p in pads]
         g = a.b.op(op, [folded, weights], "g", **geometry)
-        a.add_grad(0, a.b.reshape(g, [-1, *x_shape], "unfold"))
+        a.add_grad(0, a.unfold(g, x_shape))
 
 
 def _zero_insert(a, g: str, shape, strides) -> str:
