@@ -191,14 +191,26 @@ class TwinContext(NodeContext):
         base = self.folds.get(x)
         if base is not None and tuple(base[1]) == tuple(shape):
             return base[0]
-        return self.b.reshape(x, [-1, *shape[1:]], "fold")
+        return self.b.reshape(x, folded_shape(shape), "fold")
 
     def unfold(self, y: str, shape) -> str:
         """y ([K * shape[0], *shape[1:]]) as [K, *shape]; remembered, so that folding the
         result again is y itself (no Reshape pair between two batched ops)."""
-        out = self.b.reshape(y, [-1, *shape], "unfold")
+        out = self.b.reshape(y, unfolded_shape(shape), "unfold")
         self.folds[out] = (y, tuple(shape))
         return out
+
+
+# The Reshape targets of fold and unfold. For a batch of one (nearly every model) the probe count
+# is copied (0) rather than computed (-1): shape inference then carries the probe input's
+# symbolic K through every batched op, and ONNX Runtime can tell that two tensors have the same
+# shape (its blocked layout keeps a residual Add only then; else it reorders both operands).
+def folded_shape(shape) -> list[int]:
+    return [0 if shape[0] == 1 else -1, *shape[1:]]
+
+
+def unfolded_shape(shape) -> list[int]:
+    return [0 if shape[0] == 1 else -1, *shape]
 
 
 class LinearContext(TwinContext):

@@ -8,6 +8,8 @@ import onnx
 import onnx.numpy_helper
 from onnx import helper
 
+from .contexts import folded_shape, unfolded_shape
+
 
 def fold_frozen_factors(
     nodes: list[onnx.NodeProto], probes: Iterable[str], keep: Iterable[str], fresh: Callable
@@ -120,11 +122,11 @@ class _IntConstants:
 
 
 def _folded(node, views, const) -> str | None:
-    """The folded tensor where `node` folds an unfolded view back (Reshape to [-1, *s[1:]])."""
+    """The folded tensor where `node` folds an unfolded view back (a Reshape to its fold)."""
     if node.op_type != "Reshape" or node.input[0] not in views:
         return None
     base, shape = views[node.input[0]]
-    return base if const.get(node.input[1]) == [-1, *shape[1:]] else None
+    return base if const.get(node.input[1]) == folded_shape(shape) else None
 
 
 def _sink(node, views, shapes, dependent, b) -> list[onnx.NodeProto] | None:
@@ -148,7 +150,7 @@ def _sink(node, views, shapes, dependent, b) -> list[onnx.NodeProto] | None:
     inner.output[0] = result
     dependent.add(result)
     views[node.output[0]] = (result, shape)
-    unfold = helper.make_node("Reshape", [result, b.ints([-1, *shape])], [node.output[0]])
+    unfold = helper.make_node("Reshape", [result, b.ints(unfolded_shape(shape))], [node.output[0]])
     return [inner, unfold]
 
 
