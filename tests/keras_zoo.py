@@ -294,6 +294,64 @@ def randomize(model: keras.Model, seed: int = SEED) -> keras.Model:
     return model
 
 
+def calibrate_batchnorm(model: keras.Model, batch: np.ndarray, center: bool = True) -> keras.Model:
+    """Every BatchNormalization's moving statistics set to those of what it sees on `batch`
+    (inputs as the model takes them; many of them, since at a 1x1 layer a BN sees one value per
+    input): random statistics do not match a BN's actual input, so nothing normalizes and the
+    scale of a deep residual stack grows block after block (keras.applications' EfficientNetB7
+    reaches activations of ~1e3 and turns chaotic). `center`: the mean and variance of the
+    input, as training leaves them; else the BN keeps its moving mean and takes as variance the
+    mean square of its input about it (unit-sized outputs without subtracting the input's mean).
+
+    Layer by layer in order, in one pass: with momentum 0 a training-mode forward pass
+    normalizes each BN by its input's batch moments, which depend on the BNs before it already
+    normalized, and stores them as the moving ones. Dropout is off for that pass; the calibrated
+    model in inference mode must then give that pass's output on `batch` (no other layer behaved
+    differently while training), else this raises."""
+    layers = list(model._flatten_layers(include_self=False))
+    norms = [lay for lay in layers if isinstance(lay, L.BatchNormalization)]
+    if not norms:
+        return model
+    dropouts = [lay for lay in layers if isinstance(getattr(lay, "rate", None), float)]
+    saved = [(lay, lay.momentum, lay.trainable) for lay in norms]
+    rates = [(lay, lay.rate) for lay in dropouts]
+    try:
+        for lay in norms:
+            lay.momentum, lay.trainable = 0.0, True
+            if not center:
+                lay._moments = _moments_about_moving_mean(lay)
+        for lay in dropouts:
+            lay.rate = 0.0
+        trained = np.asarray(model(batch, training=True))
+    finally:
+        for lay, momentum, trainable in saved:
+            lay.momentum, lay.trainable = momentum, trainable
+            lay.__dict__.pop("_moments", None)
+        for lay, rate in rates:
+            lay.rate = rate
+    inferred = forward(model, batch)
+    gap = float(np.linalg.norm(inferred - trained) / max(np.linalg.norm(trained), 1e-30))
+    if not gap <= 1e-4:
+        raise ValueError(
+            f"{model.name}: after calibration the inference-mode output differs from the "
+            f"calibrating pass by {gap:.1e} (a layer other than BatchNormalization or Dropout "
+            "depends on training)"
+        )
+    return model
+
+
+def _moments_about_moving_mean(norm: L.BatchNormalization):
+    """A BN's batch moments for calibrate_batchnorm(center=False): its own moving mean, and the
+    mean square of its input about that mean (the variance that leaves it unit-sized)."""
+
+    def moments(inputs, mask):
+        mean = keras.ops.cast(norm.moving_mean, inputs.dtype)
+        square = keras.ops.square(inputs - mean)
+        return mean, keras.ops.mean(square, axis=norm._reduction_axes)
+
+    return moments
+
+
 def build(name: str) -> tuple[keras.Model, np.ndarray]:
     arch = ARCHITECTURES[name]
     keras.utils.set_random_seed(SEED)
